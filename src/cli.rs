@@ -1,0 +1,144 @@
+//! The command line (clap derive). Doc comments here are the `--help` text.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Train, run and understand Transformer translation models ("Attention Is All You Need").
+#[derive(Debug, Parser)]
+#[command(name = "nmt", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model on a parallel corpus (defaults: configs/demo.json → runs/demo).
+    Train(TrainArgs),
+    /// Translate sentences from the arguments, a file, or stdin (one per line).
+    Translate(TranslateArgs),
+    /// Loss, perplexity, BLEU and chrF of a model on a test set.
+    Eval(EvalArgs),
+    /// BLEU and chrF of hypotheses against references (no model).
+    Score(ScoreArgs),
+    /// Parameter counts of a config, per component.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+/// Flags every model-running command shares.
+#[derive(Debug, Args)]
+pub struct DeviceFlags {
+    /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Config file (JSON).
+    #[arg(long, default_value = "configs/demo.json")]
+    pub config: PathBuf,
+    /// Run directory; defaults to runs/<config file stem>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the run directory's latest checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Start over in a run directory that already holds a run (its checkpoints and metrics are deleted).
+    #[arg(long)]
+    pub force: bool,
+    /// Overrides train.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Overrides train.max_steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Overrides data.train_src.
+    #[arg(long)]
+    pub train_src: Option<PathBuf>,
+    /// Overrides data.train_tgt.
+    #[arg(long)]
+    pub train_tgt: Option<PathBuf>,
+    /// Overrides data.valid_src.
+    #[arg(long)]
+    pub valid_src: Option<PathBuf>,
+    /// Overrides data.valid_tgt.
+    #[arg(long)]
+    pub valid_tgt: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceFlags,
+}
+
+/// Flags that locate a trained model.
+#[derive(Debug, Args)]
+pub struct ModelFlags {
+    /// Run directory written by `nmt train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Checkpoint weights to use; defaults to the run's latest.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Sentences per decoding batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// Read sentences from this file instead of stdin.
+    #[arg(long, conflicts_with = "text")]
+    pub input: Option<PathBuf>,
+    /// Sentences to translate; without them, lines are read from --input or stdin.
+    pub text: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// Source side of the test set.
+    #[arg(long)]
+    pub src: PathBuf,
+    /// Reference translations, line-aligned with --src.
+    #[arg(long = "ref")]
+    pub reference: PathBuf,
+    /// Also write the translations to this file.
+    #[arg(long)]
+    pub hyp_out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Reference file; repeat for several references.
+    #[arg(long = "ref", required = true)]
+    pub references: Vec<PathBuf>,
+    /// Hypotheses; stdin when absent.
+    #[arg(long)]
+    pub hyp: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Config file (JSON).
+    #[arg(long, default_value = "configs/demo.json")]
+    pub config: PathBuf,
+    /// Vocabulary size to count with (defaults to model.vocab_size).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+}

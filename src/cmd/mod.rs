@@ -1,0 +1,89 @@
+//! One file per subcommand: glue between the CLI and the library. Only `cmd/` touches files and the
+//! terminal.
+
+mod eval;
+mod info;
+mod score;
+mod train;
+mod translate;
+
+use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags};
+use crate::config::Config;
+use crate::data::tokenizer::Tokenizer;
+use crate::model::{init::ParamStore, Transformer};
+use crate::run_dir::RunDir;
+use crate::train::checkpoint;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::io::Write;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Translate(a) => translate::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Info(a) => info::run(a),
+    }
+}
+
+/// The device the flags ask for.
+pub(crate) fn device(flags: &DeviceFlags) -> Result<Device> {
+    match flags.device {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if !candle_core::utils::cuda_is_available() => {
+            bail!("--device cuda: this nmt was built without CUDA support (rebuild with `--features cuda`)")
+        }
+        DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda: cannot open GPU 0"),
+    }
+}
+
+/// A trained model loaded from its run directory.
+pub(crate) struct Loaded {
+    pub cfg: Config,
+    pub tokenizer: Tokenizer,
+    pub model: Transformer,
+    pub device: Device,
+}
+
+/// Loads config.json, tokenizer.json and a checkpoint (the latest unless `--checkpoint`).
+pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
+    let run = RunDir::new(&flags.model);
+    if !run.root.is_dir() {
+        bail!("--model {}: not a run directory", run.root.display());
+    }
+    let cfg = Config::from_file(&run.config())?;
+    cfg.model.validate().with_context(|| format!("invalid config {}", run.config().display()))?;
+    let tokenizer = Tokenizer::load(&run.tokenizer())?;
+    if tokenizer.vocab_size() != cfg.model.vocab_size {
+        bail!(
+            "{} has {} tokens but {} says model.vocab_size {}: they belong to different runs",
+            run.tokenizer().display(),
+            tokenizer.vocab_size(),
+            run.config().display(),
+            cfg.model.vocab_size
+        );
+    }
+    let weights = match &flags.checkpoint {
+        Some(p) => p.clone(),
+        None => match run.latest_step()? {
+            Some(step) => run.weights(step),
+            None => bail!("{} holds no checkpoint (train it first)", run.checkpoints().display()),
+        },
+    };
+    let device = device(&flags.device)?;
+    let store = ParamStore::new(0, &device);
+    let model = Transformer::new(&cfg.model, store.var_builder())?;
+    checkpoint::load_weights(&weights, &store)?;
+    Ok(Loaded { cfg, tokenizer, model, device })
+}
+
+/// Writes lines to stdout.
+pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `nmt train`: resolve the config, read and tokenize the corpus, then hand over to the Trainer.
+
+use crate::cli::TrainArgs;
+use crate::config::Config;
+use crate::data::batch::Example;
+use crate::data::corpus::{read_pairs, Pair};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::init::Rng;
+use crate::model::{build, ParameterCounts};
+use crate::run_dir::{write_atomic, RunDir};
+use crate::train::checkpoint::{self, TrainState};
+use crate::train::optim::Adam;
+use crate::train::{Trainer, ValidSet};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Config file + flags → a validated config (flags win).
+fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
+    let mut cfg = if args.resume {
+        Config::from_file(&run.config())?
+    } else {
+        Config::from_file(&args.config)?
+    };
+    let set = |slot: &mut Option<PathBuf>, flag: &Option<PathBuf>| {
+        if let Some(p) = flag {
+            *slot = Some(p.clone());
+        }
+    };
+    set(&mut cfg.data.train_src, &args.train_src);
+    set(&mut cfg.data.train_tgt, &args.train_tgt);
+    set(&mut cfg.data.valid_src, &args.valid_src);
+    set(&mut cfg.data.valid_tgt, &args.valid_tgt);
+    if let Some(s) = args.seed {
+        cfg.train.seed = s;
+    }
+    if let Some(m) = args.max_steps {
+        cfg.train.max_steps = m;
+    }
+    let what = if args.resume { run.config() } else { args.config.clone() };
+    cfg.validate().with_context(|| format!("invalid config {}", what.display()))?;
+    if cfg.data.max_len + 2 > cfg.model.max_positions {
+        bail!(
+            "invalid config {}: data.max_len: {} tokens plus bos/eos exceed model.max_positions {}",
+            what.display(),
+            cfg.data.max_len,
+            cfg.model.max_positions
+        );
+    }
+    Ok(cfg)
+}
+
+/// Tokenizes pairs, dropping empty and over-long ones; returns (examples, empty, too long).
+fn tokenize(tok: &Tokenizer, pairs: &[Pair], max_len: usize) -> Result<(Vec<Example>, usize, usize)> {
+    let (mut out, mut empty, mut long) = (Vec::with_capacity(pairs.len()), 0, 0);
+    for p in pairs {
+        if p.src.trim().is_empty() || p.tgt.trim().is_empty() {
+            empty += 1;
+            continue;
+        }
+        let (src, tgt) = (tok.encode(&p.src)?, tok.encode(&p.tgt)?);
+        if src.len() > max_len || tgt.len() > max_len {
+            long += 1;
+            continue;
+        }
+        out.push(Example { src, tgt });
+    }
+    Ok((out, empty, long))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into());
+        PathBuf::from("runs").join(stem)
+    });
+    let run = RunDir::new(out);
+    let resume_step = if args.resume {
+        match run.latest_step()? {
+            Some(s) => Some(s),
+            None => bail!("--resume: {} holds no checkpoint to resume from", run.root.display()),
+        }
+    } else {
+        if run.config().exists() && !args.force {
+            bail!(
+                "{} already holds a run: pass --resume to continue it or --force to start over",
+                run.root.display()
+            );
+        }
+        None
+    };
+    let mut cfg = resolve(&args, &run)?;
+    let device = super::device(&args.device)?;
+    let d = &cfg.data;
+    let (train_src, train_tgt) = (d.train_src.clone().unwrap_or_default(), d.train_tgt.clone().unwrap_or_default());
+    let pairs = read_pairs(&train_src, &train_tgt)?;
+    let valid_pairs = match (&d.valid_src, &d.valid_tgt) {
+        (Some(s), Some(t)) => Some(read_pairs(s, t)?),
+        _ => None,
+    };
+    let tokenizer = match resume_step {
+        Some(_) => Tokenizer::load(&run.tokenizer())?,
+        None => {
+            eprintln!("learning a joint BPE vocabulary of up to {} tokens", cfg.model.vocab_size);
+            let texts = pairs.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
+            Tokenizer::train(texts, cfg.model.vocab_size)?
+        }
+    };
+    let (train, empty, long) = tokenize(&tokenizer, &pairs, cfg.data.max_len)?;
+    eprintln!(
+        "train: {} pairs used, {empty} skipped as empty, {long} skipped as longer than {} tokens",
+        train.len(),
+        cfg.data.max_len
+    );
+    if train.is_empty() {
+        bail!("{} and {}: no usable sentence pair (all empty or too long)", train_src.display(), train_tgt.display());
+    }
+    let valid = match valid_pairs {
+        Some(vp) => {
+            let (examples, _, _) = tokenize(&tokenizer, &vp, cfg.model.max_positions - 2)?;
+            Some(ValidSet {
+                examples,
+                src_lines: vp.iter().map(|p| p.src.clone()).collect(),
+                ref_lines: vp.iter().map(|p| p.tgt.clone()).collect(),
+            })
+        }
+        None => None,
+    };
+    cfg.model.vocab_size = tokenizer.vocab_size();
+    if resume_step.is_none() {
+        if args.force && run.root.exists() {
+            for p in [run.checkpoints(), run.metrics()] {
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p).or_else(|e| if p.exists() { Err(e) } else { Ok(()) })
+                }
+                .with_context(|| format!("--force: cannot remove {}", p.display()))?;
+            }
+        }
+        std::fs::create_dir_all(&run.root).with_context(|| format!("cannot create {}", run.root.display()))?;
+        write_atomic(&run.tokenizer(), tokenizer.to_json()?.as_bytes())?;
+        write_atomic(&run.config(), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    }
+    let (model, store) = build(&cfg.model, cfg.train.seed, &device)?;
+    let t = &cfg.train;
+    let mut adam = Adam::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps)?;
+    let state = match resume_step {
+        Some(step) => {
+            let s = checkpoint::resume(&run, step, &store, &mut adam)?;
+            eprintln!("resuming from step {} (epoch {})", s.step, s.epoch + 1);
+            s
+        }
+        None => TrainState { step: 0, epoch: 0, cursor: 0, rng: Rng::seed(cfg.train.seed ^ 0x5EED) },
+    };
+    let counts = ParameterCounts::from_store(&store);
+    eprintln!(
+        "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}",
+        counts.total(),
+        counts.embeddings,
+        counts.encoder,
+        counts.decoder,
+        cfg.model.vocab_size
+    );
+    let started = Instant::now();
+    let mut trainer = Trainer {
+        cfg: &cfg,
+        model: &model,
+        store: &store,
+        adam,
+        tokenizer: &tokenizer,
+        device,
+        run: run.clone(),
+        state,
+        train,
+        valid,
+    };
+    let summary = trainer.run()?;
+    eprintln!(
+        "done: {} steps, {} epochs in {:.0} s{}; model in {}",
+        summary.steps,
+        summary.epochs,
+        started.elapsed().as_secs_f64(),
+        summary.last_valid_bleu.map(|b| format!(", last valid BLEU {b:.2}")).unwrap_or_default(),
+        run.root.display()
+    );
+    Ok(())
+}

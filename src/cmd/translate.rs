@@ -1,0 +1,38 @@
+//! `nmt translate`: one output line per input line, in order, on stdout; progress on stderr.
+
+use super::{load_model, print_lines};
+use crate::cli::TranslateArgs;
+use crate::data::corpus::read_lines;
+use crate::decode::{Search, Translator};
+use crate::progress::Progress;
+use anyhow::{Context, Result};
+use std::io::BufRead;
+
+pub fn run(args: TranslateArgs) -> Result<()> {
+    let lines: Vec<String> = if !args.text.is_empty() {
+        args.text.clone()
+    } else if let Some(path) = &args.input {
+        read_lines(path)?
+    } else {
+        let stdin = std::io::stdin();
+        let mut lines = vec![];
+        for (i, l) in stdin.lock().lines().enumerate() {
+            let l = l.with_context(|| format!("stdin line {}", i + 1))?;
+            lines.push(l.strip_suffix('\r').map(str::to_string).unwrap_or(l));
+        }
+        lines
+    };
+    let m = load_model(&args.model)?;
+    let translator = Translator {
+        model: &m.model,
+        tokenizer: &m.tokenizer,
+        device: m.device.clone(),
+        max_positions: m.cfg.model.max_positions,
+        batch_size: args.model.batch_size,
+        search: Search::Greedy,
+    };
+    let progress = Progress::new(lines.len() as u64, "sentences");
+    let out = translator.translate(&lines, |n| progress.inc(n as u64))?;
+    progress.finish();
+    print_lines(&out)
+}

@@ -1,0 +1,21 @@
+//! Parses the command line, runs the command, and is the one place that reports errors.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = nmt::cli::Cli::parse();
+    match nmt::cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed stdout (e.g. `nmt translate ... | head -1`) is not a failure.
+            if err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("nmt: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

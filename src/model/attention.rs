@@ -1,0 +1,183 @@
+//! Scaled dot-product attention and multi-head attention (paper §3.2.1, §3.2.2).
+//!
+//! Attention(Q, K, V) = softmax(QKᵀ / √d_k) V, and
+//! MultiHead(Q, K, V) = Concat(head_1, …, head_h) W_O with head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
+//! The h projections of each kind are stored as one (d_model, d_model) matrix whose rows i·d_k..(i+1)·d_k
+//! belong to head i. Softmax is candle's differentiable `ops::softmax` (not `softmax_last_dim`, which has
+//! no backward pass in candle 0.11).
+
+use super::init::xavier_uniform;
+use super::{linear, Linear};
+use crate::config::ModelConfig;
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// softmax(QKᵀ/√d_k + mask) V.
+///
+/// # Shapes
+/// - `q`: (batch, heads, q_len, d_k); `k`, `v`: (batch, heads, k_len, d_k)
+/// - `mask`: additive, broadcastable to (batch, heads, q_len, k_len)
+/// - returns (output (batch, heads, q_len, d_k), weights (batch, heads, q_len, k_len))
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let d_k = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? / (d_k as f64).sqrt())?; // (batch, heads, q_len, k_len)
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    Ok((weights.matmul(v)?, weights))
+}
+
+/// Multi-head attention with projections `w_q`, `w_k`, `w_v` and `w_o` (each with a bias).
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    w_q: Linear,
+    w_k: Linear,
+    w_v: Linear,
+    w_o: Linear,
+    heads: usize,
+    d_k: usize,
+}
+
+/// The attention output and the weights that produced it (kept for pictures and tests).
+pub struct AttentionOutput {
+    /// (batch, q_len, d_model)
+    pub output: Tensor,
+    /// (batch, heads, q_len, k_len)
+    pub weights: Tensor,
+}
+
+impl MultiHeadAttention {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let proj = |name: &str| linear(d, d, xavier_uniform(d, d), vb.pp(name));
+        Ok(Self {
+            w_q: proj("w_q")?,
+            w_k: proj("w_k")?,
+            w_v: proj("w_v")?,
+            w_o: proj("w_o")?,
+            heads: cfg.heads,
+            d_k: cfg.d_k(),
+        })
+    }
+
+    /// (batch, len, d_model) → (batch, heads, len, d_k)
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, len, _) = x.dims3()?;
+        x.reshape((batch, len, self.heads, self.d_k))? // (batch, len, heads, d_k)
+            .transpose(1, 2)? // (batch, heads, len, d_k)
+            .contiguous()
+    }
+
+    /// Attends from `query` to `memory` (the same tensor for self-attention).
+    ///
+    /// # Shapes
+    /// - `query`: (batch, q_len, d_model); `memory`: (batch, k_len, d_model)
+    /// - `mask`: additive, broadcastable to (batch, heads, q_len, k_len)
+    pub fn forward(&self, query: &Tensor, memory: &Tensor, mask: Option<&Tensor>) -> Result<AttentionOutput> {
+        let (batch, q_len, d_model) = query.dims3()?;
+        let q = self.split_heads(&self.w_q.forward(query)?)?;
+        let k = self.split_heads(&self.w_k.forward(memory)?)?;
+        let v = self.split_heads(&self.w_v.forward(memory)?)?;
+        let (heads_out, weights) = scaled_dot_product_attention(&q, &k, &v, mask)?;
+        let concat = heads_out
+            .transpose(1, 2)? // (batch, q_len, heads, d_k)
+            .reshape((batch, q_len, d_model))?; // Concat(head_1, …, head_h)
+        Ok(AttentionOutput { output: self.w_o.forward(&concat)?, weights })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::{ParamStore, Rng};
+    use candle_core::{Device, IndexOp};
+
+    fn random(rng: &mut Rng, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn sdpa_equals_a_naive_loop_reference() {
+        let mut rng = Rng::seed(11);
+        let (b, h, tq, tk, dk) = (2, 3, 4, 5, 8);
+        let q = random(&mut rng, &[b, h, tq, dk]);
+        let k = random(&mut rng, &[b, h, tk, dk]);
+        let v = random(&mut rng, &[b, h, tk, dk]);
+        let (out, w) = scaled_dot_product_attention(&q, &k, &v, None).unwrap();
+        for bi in 0..b {
+            for hi in 0..h {
+                let qm = q.i((bi, hi)).unwrap().to_vec2::<f32>().unwrap();
+                let km = k.i((bi, hi)).unwrap().to_vec2::<f32>().unwrap();
+                let vm = v.i((bi, hi)).unwrap().to_vec2::<f32>().unwrap();
+                let om = out.i((bi, hi)).unwrap().to_vec2::<f32>().unwrap();
+                let wm = w.i((bi, hi)).unwrap().to_vec2::<f32>().unwrap();
+                for i in 0..tq {
+                    let logits: Vec<f32> = (0..tk)
+                        .map(|j| (0..dk).map(|c| qm[i][c] * km[j][c]).sum::<f32>() / (dk as f32).sqrt())
+                        .collect();
+                    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+                    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+                    let z: f32 = exps.iter().sum();
+                    for j in 0..tk {
+                        assert!((wm[i][j] - exps[j] / z).abs() < 1e-5);
+                    }
+                    for c in 0..dk {
+                        let expect: f32 = (0..tk).map(|j| exps[j] / z * vm[j][c]).sum();
+                        assert!((om[i][c] - expect).abs() < 1e-5, "{} vs {expect}", om[i][c]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn multi_head_equals_concatenated_single_heads_projected_by_w_o() {
+        let cfg = ModelConfig { d_model: 8, heads: 2, ..ModelConfig::default() };
+        let store = ParamStore::new(5, &Device::Cpu);
+        let vb = store.var_builder();
+        let mha = MultiHeadAttention::new(&cfg, vb.pp("attn")).unwrap();
+        let mut rng = Rng::seed(2);
+        let x = random(&mut rng, &[1, 3, 8]);
+        let m = random(&mut rng, &[1, 4, 8]);
+        let got = mha.forward(&x, &m, None).unwrap().output;
+        // Reference: each head with its own slice of W_Q, W_K, W_V, then concat and W_O.
+        let t = store.tensors();
+        let lin = |name: &str, input: &Tensor, rows: std::ops::Range<usize>| {
+            let w = t[&format!("attn.{name}.weight")].narrow(0, rows.start, rows.len()).unwrap();
+            let b = t[&format!("attn.{name}.bias")].narrow(0, rows.start, rows.len()).unwrap();
+            input.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap()
+        };
+        let mut heads = vec![];
+        for i in 0..2 {
+            let r = i * 4..(i + 1) * 4;
+            let q = lin("w_q", &x, r.clone()).unsqueeze(1).unwrap();
+            let k = lin("w_k", &m, r.clone()).unsqueeze(1).unwrap();
+            let v = lin("w_v", &m, r).unsqueeze(1).unwrap();
+            heads.push(scaled_dot_product_attention(&q, &k, &v, None).unwrap().0.squeeze(1).unwrap());
+        }
+        let concat = Tensor::cat(&heads, 2).unwrap();
+        let expect = lin("w_o", &concat, 0..8);
+        let diff = (got - expect).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f32>().unwrap();
+        assert!(diff < 1e-5, "max diff {diff}");
+    }
+
+    #[test]
+    fn masked_keys_get_zero_weight() {
+        let mut rng = Rng::seed(4);
+        let q = random(&mut rng, &[1, 1, 2, 4]);
+        let k = random(&mut rng, &[1, 1, 3, 4]);
+        let mask = Tensor::new(&[0.0f32, 0.0, crate::model::mask::MASKED], &Device::Cpu).unwrap();
+        let (_, w) = scaled_dot_product_attention(&q, &k, &k, Some(&mask)).unwrap();
+        let w = w.i((0, 0)).unwrap().to_vec2::<f32>().unwrap();
+        assert!(w.iter().all(|row| row[2] == 0.0 && (row[0] + row[1] - 1.0).abs() < 1e-6));
+    }
+}

@@ -1,0 +1,245 @@
+//! Seeded initialisation and seeded dropout, drawn from our own RNG.
+//!
+//! candle 0.11 cannot seed its CPU RNG, so every random number of a run comes from [`Rng`] (ChaCha8,
+//! serialisable, so a checkpoint can carry it). The paper does not say how weights are initialised; we
+//! follow common practice for this model (fairseq, tensor2tensor, the Annotated Transformer):
+//! - linear weights: Xavier-uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); biases zero;
+//! - the (shared) embedding matrix: N(0, d_model^-0.5), so that after the × sqrt(d_model) scaling the
+//!   embeddings have unit variance, matching the positional encoding's scale;
+//! - LayerNorm gain one, bias zero.
+//!
+//! [`ParamStore`] is a candle `VarBuilder` backend that creates each parameter on first request from
+//! the seeded RNG (in construction order, so the same seed gives the same model) and keeps it as a
+//! trainable `Var` under its full dotted name, which is also its checkpoint name.
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The run's random-number generator: seeded, serialisable, independent of the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rng(ChaCha8Rng);
+
+impl Rng {
+    pub fn seed(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// A uniform float in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0.random::<f32>()
+    }
+
+    /// A standard-normal float (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = 1.0 - self.0.random::<f64>(); // (0, 1], so ln is finite
+        let u2 = self.0.random::<f64>();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    /// A uniform index in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            xs.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// Xavier-uniform hint for a (fan_out, fan_in) weight.
+pub fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
+    let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Init::Uniform { lo: -a, up: a }
+}
+
+/// N(0, d_model^-0.5) hint for the embedding matrix.
+pub fn embedding_normal(d_model: usize) -> Init {
+    Init::Randn { mean: 0.0, stdev: (d_model as f64).powf(-0.5) }
+}
+
+struct StoreInner {
+    rng: Rng,
+    vars: BTreeMap<String, Var>,
+}
+
+/// The model's parameters by checkpoint name; a `VarBuilder` backend that initialises on first use.
+#[derive(Clone)]
+pub struct ParamStore {
+    inner: Arc<Mutex<StoreInner>>,
+    device: Device,
+}
+
+impl ParamStore {
+    pub fn new(seed: u64, device: &Device) -> Self {
+        let inner = StoreInner { rng: Rng::seed(seed), vars: BTreeMap::new() };
+        Self { inner: Arc::new(Mutex::new(inner)), device: device.clone() }
+    }
+
+    /// A `VarBuilder` whose tensors are this store's trainable variables.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, self.device.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every parameter, sorted by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.lock().vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The parameters as plain tensors (for saving).
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.lock().vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Overwrites every parameter from `tensors`; every name must be present with the same shape.
+    pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> anyhow::Result<()> {
+        let inner = self.lock();
+        for (name, var) in inner.vars.iter() {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
+            if t.dims() != var.dims() {
+                anyhow::bail!(
+                    "tensor {name} has shape {:?} but this model needs {:?} (different model size or vocabulary?)",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        }
+        if let Some(extra) = tensors.keys().find(|k| !inner.vars.contains_key(*k)) {
+            anyhow::bail!("tensor {extra} is not part of this model (different architecture?)");
+        }
+        Ok(())
+    }
+
+    /// Total number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.lock().vars.values().map(|v| v.elem_count()).sum()
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ParamStore {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut inner = self.lock();
+        if let Some(v) = inner.vars.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("parameter {name} requested as {s:?} but exists as {:?}", v.shape());
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let n = s.elem_count();
+        let rng = &mut inner.rng;
+        let data: Vec<f32> = match h {
+            Init::Const(c) => vec![c as f32; n],
+            Init::Randn { mean, stdev } => {
+                (0..n).map(|_| mean as f32 + stdev as f32 * rng.normal()).collect()
+            }
+            Init::Uniform { lo, up } => {
+                (0..n).map(|_| lo as f32 + (up - lo) as f32 * rng.uniform()).collect()
+            }
+            other => candle_core::bail!("parameter {name}: unsupported init {other:?}"),
+        };
+        let t = Tensor::from_vec(data, s, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        inner.vars.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        match self.lock().vars.get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("parameter {name} does not exist"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.lock().vars.contains_key(name)
+    }
+}
+
+/// Whether a forward pass trains (dropout on, drawn from the run's RNG) or evaluates (dropout off).
+pub enum Mode<'a> {
+    Train { rng: &'a mut Rng },
+    Eval,
+}
+
+impl Mode<'_> {
+    /// Inverted dropout with a seeded mask: zero each element with probability `p`, scale the rest by
+    /// 1/(1-p). Identity in [`Mode::Eval`].
+    pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Mode::Eval => Ok(x.clone()),
+            Mode::Train { .. } if p == 0.0 => Ok(x.clone()),
+            Mode::Train { rng } => {
+                let keep = 1.0 - p as f32;
+                let scale = 1.0 / keep;
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                x * mask
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_parameters() {
+        let make = |seed| {
+            let store = ParamStore::new(seed, &Device::Cpu);
+            let vb = store.var_builder();
+            vb.get_with_hints((4, 3), "w", xavier_uniform(3, 4)).unwrap().to_vec2::<f32>().unwrap()
+        };
+        assert_eq!(make(7), make(7));
+        assert_ne!(make(7), make(8));
+    }
+
+    #[test]
+    fn xavier_bounds_and_embedding_std() {
+        let store = ParamStore::new(1, &Device::Cpu);
+        let vb = store.var_builder();
+        let w = vb.get_with_hints((64, 32), "w", xavier_uniform(32, 64)).unwrap();
+        let a = (6.0f32 / 96.0).sqrt();
+        let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.abs() <= a));
+        assert!(v.iter().any(|x| x.abs() > 0.9 * a));
+        let e = vb.get_with_hints((1000, 64), "e", embedding_normal(64)).unwrap();
+        let v = e.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let var = v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+        assert!((var.sqrt() - 0.125).abs() < 0.005, "std {}", var.sqrt());
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_in_eval() {
+        let x = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = Rng::seed(3);
+        let a = Mode::Train { rng: &mut rng }.dropout(&x, 0.25).unwrap();
+        let mut rng = Rng::seed(3);
+        let b = Mode::Train { rng: &mut rng }.dropout(&x, 0.25).unwrap();
+        let va = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(va, b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let zeros = va.iter().filter(|&&v| v == 0.0).count() as f32 / 1e4;
+        assert!((zeros - 0.25).abs() < 0.03, "dropped fraction {zeros}");
+        assert!(va.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+        let e = Mode::Eval.dropout(&x, 0.25).unwrap();
+        assert_eq!(e.sum_all().unwrap().to_vec0::<f32>().unwrap(), 1e4);
+    }
+}

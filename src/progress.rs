@@ -1,0 +1,55 @@
+//! Progress on stderr: an indicatif bar on a terminal, periodic plain lines otherwise.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar of `total` units with `unit` in its template; plain lines when stderr is not a terminal.
+    pub fn new(total: u64, unit: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let template = format!("{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} {{msg}} (ETA {{eta}})");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style);
+        }
+        Self { bar: Some(bar) }
+    }
+
+    /// Whether a bar is drawn (stderr is a terminal).
+    pub fn is_bar(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    pub fn set_position(&self, pos: u64, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+            bar.set_message(msg);
+        }
+    }
+
+    pub fn inc(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    /// A log line: above the bar on a terminal, on its own line otherwise.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

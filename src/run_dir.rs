@@ -1,0 +1,144 @@
+//! The run directory: the names of its files, and atomic writes (temporary file, fsync, rename), so that
+//! a crash leaves either the old or the new version of a file, never a torn one.
+//!
+//! ```text
+//! <run>/config.json        the resolved config (vocab_size is the size actually learned)
+//! <run>/tokenizer.json     the joint BPE vocabulary
+//! <run>/metrics.jsonl      one JSON object per log interval and per validation
+//! <run>/checkpoints/ckpt-<step>.safetensors        model weights
+//! <run>/checkpoints/ckpt-<step>.optim.safetensors  Adam's m and v
+//! <run>/checkpoints/ckpt-<step>.state.json         step, epoch, position in the epoch, RNG state
+//! ```
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+
+    pub fn tokenizer(&self) -> PathBuf {
+        self.root.join("tokenizer.json")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    /// Model weights at `step`.
+    pub fn weights(&self, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("ckpt-{step:08}.safetensors"))
+    }
+
+    /// Optimizer state at `step`.
+    pub fn optimizer(&self, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("ckpt-{step:08}.optim.safetensors"))
+    }
+
+    /// Training state at `step`.
+    pub fn state(&self, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("ckpt-{step:08}.state.json"))
+    }
+
+    /// Steps of every complete checkpoint (weights and state both present), ascending.
+    pub fn checkpoint_steps(&self) -> Result<Vec<usize>> {
+        let dir = self.checkpoints();
+        if !dir.exists() {
+            return Ok(vec![]);
+        }
+        let mut steps = vec![];
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let step = name.strip_prefix("ckpt-").and_then(|s| s.strip_suffix(".safetensors"));
+            if let Some(step) = step.and_then(|s| s.parse::<usize>().ok()) {
+                if self.state(step).exists() {
+                    steps.push(step);
+                }
+            }
+        }
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    /// The newest complete checkpoint's step.
+    pub fn latest_step(&self) -> Result<Option<usize>> {
+        Ok(self.checkpoint_steps()?.last().copied())
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        Ok(())
+    })
+}
+
+/// Lets `write` fill a temporary file, then fsyncs it and renames it to `path`. On any error the
+/// temporary file is removed and `path` is untouched.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let result = write(&tmp).and_then(|_| {
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_failed_write_leaves_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let err = write_atomic_with(&p, |tmp| {
+            std::fs::write(tmp, b"partial")?;
+            anyhow::bail!("disk full")
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn only_complete_checkpoints_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        for step in [100, 300] {
+            std::fs::write(run.weights(step), b"w").unwrap();
+            std::fs::write(run.state(step), b"{}").unwrap();
+        }
+        std::fs::write(run.weights(500), b"w").unwrap(); // no state: incomplete
+        assert_eq!(run.checkpoint_steps().unwrap(), vec![100, 300]);
+        assert_eq!(run.latest_step().unwrap(), Some(300));
+    }
+}
