@@ -167,8 +167,7 @@ pub struct Config {
 impl Config {
     /// Reads a config file; errors name the file, and for bad JSON the line and column.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -209,10 +208,10 @@ impl ModelConfig {
         if m.d_model == 0 {
             bail!("model.d_model: must be at least 1");
         }
-        if m.d_model % m.heads != 0 {
+        if !m.d_model.is_multiple_of(m.heads) {
             bail!("model.heads: d_model {} is not divisible by {}", m.d_model, m.heads);
         }
-        if m.d_model % 2 != 0 {
+        if !m.d_model.is_multiple_of(2) {
             bail!("model.d_model: must be even for the sinusoidal positional encoding, got {}", m.d_model);
         }
         if m.d_ff == 0 {

@@ -51,7 +51,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         v["sentences"] = pairs.len().into();
         print_lines(&[serde_json::to_string(&v)?])
     } else {
-        let head = format!("loss = {:.4} ppl = {:.2} (teacher forced, {} target tokens)", loss.loss, loss.ppl, loss.tokens);
+        let head =
+            format!("loss = {:.4} ppl = {:.2} (teacher forced, {} target tokens)", loss.loss, loss.ppl, loss.tokens);
         print_lines(&[head, report.text()])
     }
 }

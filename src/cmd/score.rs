@@ -12,7 +12,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let (hyps, hyp_name) = match &args.hyp {
         Some(p) => (read_lines(p)?, p.display().to_string()),
         None => {
-            let lines = std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?;
+            let lines =
+                std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>().context("reading stdin")?;
             (lines, "stdin".to_string())
         }
     };

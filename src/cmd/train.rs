@@ -17,11 +17,7 @@ use std::time::Instant;
 
 /// Config file + flags → a validated config (flags win).
 fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
-    let mut cfg = if args.resume {
-        Config::from_file(&run.config())?
-    } else {
-        Config::from_file(&args.config)?
-    };
+    let mut cfg = if args.resume { Config::from_file(&run.config())? } else { Config::from_file(&args.config)? };
     let set = |slot: &mut Option<PathBuf>, flag: &Option<PathBuf>| {
         if let Some(p) = flag {
             *slot = Some(p.clone());
@@ -81,10 +77,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     } else {
         if run.config().exists() && !args.force {
-            bail!(
-                "{} already holds a run: pass --resume to continue it or --force to start over",
-                run.root.display()
-            );
+            bail!("{} already holds a run: pass --resume to continue it or --force to start over", run.root.display());
         }
         None
     };

@@ -50,7 +50,8 @@ impl Tokenizer {
 
     /// Loads `tokenizer.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = HfTokenizer::from_file(path).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        let inner =
+            HfTokenizer::from_file(path).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         Self::wrap(inner).map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))
     }
 

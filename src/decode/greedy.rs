@@ -26,10 +26,11 @@ pub fn greedy(
     let (src, src_mask) = source_tensor(&rows, sp, device)?;
     let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?; // (batch, src_len, d_model)
     let batch = srcs.len();
-    let limit = max_output_len(srcs.iter().map(|s| s.len()).max().unwrap_or(0), max_positions);
+    // Each row has its own limit, so that a sentence decodes the same alone or in any batch.
+    let limits: Vec<usize> = srcs.iter().map(|s| max_output_len(s.len(), max_positions)).collect();
     let mut prefix: Vec<Vec<u32>> = vec![vec![sp.bos]; batch];
     let mut done = vec![false; batch];
-    for _ in 0..limit {
+    for step in 0..limits.iter().copied().max().unwrap_or(0) {
         let flat: Vec<u32> = prefix.iter().flatten().copied().collect();
         let len = prefix[0].len();
         let tgt_in = Tensor::from_vec(flat, (batch, len), device)?;
@@ -39,7 +40,7 @@ pub fn greedy(
         for (b, &tok) in next.iter().enumerate() {
             // Finished rows keep receiving pad so that the batch stays rectangular.
             let tok = if done[b] { sp.pad } else { tok };
-            done[b] |= tok == sp.eos;
+            done[b] |= tok == sp.eos || step + 1 >= limits[b];
             prefix[b].push(tok);
         }
         if done.iter().all(|&d| d) {

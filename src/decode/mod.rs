@@ -38,7 +38,9 @@ impl Translator<'_> {
         for chunk in order.chunks(self.batch_size.max(1)) {
             let srcs: Vec<&[u32]> = chunk.iter().map(|&i| &inputs[i][..inputs[i].len().min(max_src)]).collect();
             let hyps = match self.search {
-                Search::Greedy => greedy::greedy(self.model, &srcs, self.tokenizer.specials, self.max_positions, &self.device)?,
+                Search::Greedy => {
+                    greedy::greedy(self.model, &srcs, self.tokenizer.specials, self.max_positions, &self.device)?
+                }
             };
             for (&i, h) in chunk.iter().zip(hyps) {
                 outputs[i] = h;

@@ -93,7 +93,11 @@ impl Bleu {
     /// sacreBLEU's `compute_bleu` with `smooth_method='exp'`, `effective_order=False`.
     pub fn from_stats(correct: [usize; 4], total: [usize; 4], sys_len: usize, ref_len: usize) -> Self {
         let bp = if sys_len < ref_len {
-            if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 }
+            if sys_len > 0 {
+                (1.0 - ref_len as f64 / sys_len as f64).exp()
+            } else {
+                0.0
+            }
         } else {
             1.0
         };

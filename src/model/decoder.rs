@@ -43,12 +43,10 @@ impl DecoderLayer {
         src_mask: &Tensor,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        let x = self.self_attn_norm.forward(x, mode, |x, _| {
-            Ok(self.self_attn.forward(x, x, Some(causal))?.output)
-        })?;
-        let x = self.cross_attn_norm.forward(&x, mode, |x, _| {
-            Ok(self.cross_attn.forward(x, memory, Some(src_mask))?.output)
-        })?;
+        let x = self.self_attn_norm.forward(x, mode, |x, _| Ok(self.self_attn.forward(x, x, Some(causal))?.output))?;
+        let x = self
+            .cross_attn_norm
+            .forward(&x, mode, |x, _| Ok(self.cross_attn.forward(x, memory, Some(src_mask))?.output))?;
         self.ffn_norm.forward(&x, mode, |x, _| self.ffn.forward(x))
     }
 }
@@ -62,9 +60,8 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let layers = (0..cfg.decoder_layers)
-            .map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i)))
-            .collect::<Result<_>>()?;
+        let layers =
+            (0..cfg.decoder_layers).map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
             Norm::Pre => Some(LayerNorm::new(cfg, vb.pp("final_norm"))?),
             Norm::Post => None,

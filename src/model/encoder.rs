@@ -30,9 +30,8 @@ impl EncoderLayer {
     /// # Shapes
     /// - `x`: (batch, src_len, d_model) → same; `src_mask`: (batch, 1, 1, src_len)
     pub fn forward(&self, x: &Tensor, src_mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.self_attn_norm.forward(x, mode, |x, _| {
-            Ok(self.self_attn.forward(x, x, Some(src_mask))?.output)
-        })?;
+        let x =
+            self.self_attn_norm.forward(x, mode, |x, _| Ok(self.self_attn.forward(x, x, Some(src_mask))?.output))?;
         self.ffn_norm.forward(&x, mode, |x, _| self.ffn.forward(x))
     }
 }
@@ -46,9 +45,8 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let layers = (0..cfg.encoder_layers)
-            .map(|i| EncoderLayer::new(cfg, vb.pp("layers").pp(i)))
-            .collect::<Result<_>>()?;
+        let layers =
+            (0..cfg.encoder_layers).map(|i| EncoderLayer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
             Norm::Pre => Some(LayerNorm::new(cfg, vb.pp("final_norm"))?),
             Norm::Post => None,

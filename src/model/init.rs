@@ -107,9 +107,7 @@ impl ParamStore {
     pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> anyhow::Result<()> {
         let inner = self.lock();
         for (name, var) in inner.vars.iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
+            let t = tensors.get(name).ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
             if t.dims() != var.dims() {
                 anyhow::bail!(
                     "tensor {name} has shape {:?} but this model needs {:?} (different model size or vocabulary?)",
@@ -144,12 +142,8 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
         let rng = &mut inner.rng;
         let data: Vec<f32> = match h {
             Init::Const(c) => vec![c as f32; n],
-            Init::Randn { mean, stdev } => {
-                (0..n).map(|_| mean as f32 + stdev as f32 * rng.normal()).collect()
-            }
-            Init::Uniform { lo, up } => {
-                (0..n).map(|_| lo as f32 + (up - lo) as f32 * rng.uniform()).collect()
-            }
+            Init::Randn { mean, stdev } => (0..n).map(|_| mean as f32 + stdev as f32 * rng.normal()).collect(),
+            Init::Uniform { lo, up } => (0..n).map(|_| lo as f32 + (up - lo) as f32 * rng.uniform()).collect(),
             other => candle_core::bail!("parameter {name}: unsupported init {other:?}"),
         };
         let t = Tensor::from_vec(data, s, dev)?.to_dtype(dtype)?;
@@ -187,9 +181,8 @@ impl Mode<'_> {
             Mode::Train { rng } => {
                 let keep = 1.0 - p as f32;
                 let scale = 1.0 / keep;
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
-                    .collect();
+                let mask: Vec<f32> =
+                    (0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect();
                 let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
                 x * mask
             }

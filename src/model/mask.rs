@@ -24,9 +24,7 @@ pub fn padding_mask(ids: &Tensor, pad: u32) -> Result<Tensor> {
 /// # Shapes
 /// - returns: (1, 1, len, len)
 pub fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { MASKED } else { 0.0 }))
-        .collect();
+    let data: Vec<f32> = (0..len).flat_map(|i| (0..len).map(move |j| if j > i { MASKED } else { 0.0 })).collect();
     Tensor::from_vec(data, (1, 1, len, len), device)
 }
 

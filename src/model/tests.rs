@@ -41,9 +41,8 @@ fn every_parameter_gets_a_nonzero_gradient() {
         let tgt_in = ids(&[&[1, 9, 10], &[1, 11, 0]]);
         let tgt_out = ids(&[&[9, 10, 2], &[11, 2, 0]]);
         let mut rng = Rng::seed(1);
-        let logits = model
-            .forward(&src, &padding_mask(&src, 0).unwrap(), &tgt_in, &mut Mode::Train { rng: &mut rng })
-            .unwrap();
+        let logits =
+            model.forward(&src, &padding_mask(&src, 0).unwrap(), &tgt_in, &mut Mode::Train { rng: &mut rng }).unwrap();
         let loss = crate::train::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap();
         let grads = loss.loss.backward().unwrap();
         for (name, var) in store.vars() {

@@ -61,8 +61,8 @@ pub fn resume(run: &RunDir, step: usize, store: &ParamStore, adam: &mut Adam) ->
     load_weights(&run.weights(step), store)?;
     let state_path = run.state(step);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-    let state: TrainState =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid training state", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid training state", state_path.display()))?;
     let optim_path = run.optimizer(step);
     let optim = load_tensors(&optim_path, &Device::Cpu)?;
     adam.load_state(&optim, state.step).with_context(|| format!("optimizer state {}", optim_path.display()))?;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub struct TrainLine {
     pub kind: &'static str,
     pub step: usize,
+    /// The epoch in progress, counting from 1.
     pub epoch: usize,
     /// Mean label-smoothed loss per target token over the interval.
     pub loss: f64,

@@ -66,7 +66,12 @@ impl Trainer<'_> {
         let t = &self.cfg.train;
         let mut mode = Mode::Train { rng: &mut self.state.rng };
         let logits = self.model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut mode)?;
-        let l = loss::label_smoothed_cross_entropy(&logits, &batch.tgt_out, self.tokenizer.specials.pad, t.label_smoothing)?;
+        let l = loss::label_smoothed_cross_entropy(
+            &logits,
+            &batch.tgt_out,
+            self.tokenizer.specials.pad,
+            t.label_smoothing,
+        )?;
         let loss_value = l.loss.to_vec0::<f32>()? as f64;
         if !loss_value.is_finite() {
             bail!("loss became {loss_value} at step {}: lower train.lr_scale or check the data", self.state.step + 1);
@@ -107,17 +112,17 @@ impl Trainer<'_> {
                 interval.tokens += tokens;
                 interval.src_tokens += batch.src_tokens;
                 let step = self.state.step;
-                if step % t.log_every == 0 || step == t.max_steps {
+                if step.is_multiple_of(t.log_every) || step == t.max_steps {
                     let line = self.train_line(&interval, started);
                     let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
                     progress.set_position(step as u64, msg.clone());
                     if !progress.is_bar() {
-                        progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch + 1));
+                        progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
                     }
                     metrics.write(&line)?;
                     interval = Interval::default();
                 }
-                if t.valid_every > 0 && step % t.valid_every == 0 {
+                if t.valid_every > 0 && step.is_multiple_of(t.valid_every) {
                     if let Some(v) = self.validate(started)? {
                         progress.println(&format!(
                             "step {step}: valid loss {:.3} ppl {:.2} BLEU {:.2} chrF2 {:.2}",
@@ -127,7 +132,7 @@ impl Trainer<'_> {
                         metrics.write(&v)?;
                     }
                 }
-                if step % t.checkpoint_every == 0 {
+                if step.is_multiple_of(t.checkpoint_every) {
                     checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
                     last_saved = Some(step);
                 }
@@ -151,7 +156,7 @@ impl Trainer<'_> {
         TrainLine {
             kind: "train",
             step: self.state.step,
-            epoch: self.state.epoch,
+            epoch: self.state.epoch + 1,
             loss: iv.loss_sum / tokens,
             nll: iv.nll_sum / tokens,
             lr: self.lr(self.state.step),
@@ -183,7 +188,7 @@ impl Trainer<'_> {
         Ok(Some(ValidLine {
             kind: "valid",
             step: self.state.step,
-            epoch: self.state.epoch,
+            epoch: self.state.epoch + 1,
             valid_loss: loss.loss,
             valid_ppl: loss.ppl,
             valid_bleu: report.bleu,
