@@ -13,6 +13,7 @@ import os
 import random
 
 import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -40,12 +41,16 @@ def perturb(rng, line, strength):
     return " ".join(out)
 
 
-def case(name, hyps, refs):
-    bleu = sacrebleu.corpus_bleu(hyps, refs)
-    chrf = sacrebleu.corpus_chrf(hyps, refs)
-    tok = Tokenizer13a()
+def case(name, hyps, refs, tokenize="13a", lowercase=False):
+    bleu_metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+    bleu = bleu_metric.corpus_score(hyps, refs)
+    chrf = CHRF(lowercase=lowercase).corpus_score(hyps, refs)
+    tok13a = Tokenizer13a()
+    # what the metric's own preprocessing produces (lowercasing, rstrip, then the tokenizer)
+    tok = [bleu_metric._preprocess_segment(h) for h in hyps]
     return {"name": name, "hyps": hyps, "refs": refs, "bleu": bleu.score, "chrf": chrf.score,
-            "bleu_line": str(bleu), "tok_13a": [tok(h) for h in hyps]}
+            "bleu_line": str(bleu), "tok_13a": [tok13a(h) for h in hyps], "tokenize": tokenize,
+            "lowercase": lowercase, "tok": tok, "signature": str(bleu_metric.get_signature())}
 
 
 def main():
@@ -81,6 +86,14 @@ def main():
              [perturb(rng, l, 0.3) for l in de[:40]],
              [de[:40], [perturb(rng, l, 0.2) for l in de[:40]]]),
     ]
+    mixed = ["„Das ist gut“, sagte er – 3,5 € für 2 Äpfel!", "Ça coûte 10$ (environ) — vraiment?",
+             "THE DOG SEES 21 CATS.", "Ein\u00a0Hund   läuft.  "]
+    mixed_refs = [["„Das ist sehr gut“, sagte er – 3,50 € für zwei Äpfel!", "Ça coûte 10 $ (environ)... vraiment ?",
+                   "The dog sees 21 cats.", "Ein Hund rennt."]]
+    for tokenize in ["13a", "intl", "char", "none"]:
+        for lowercase in [False, True]:
+            cases.append(case(f"tokenize {tokenize}, lowercase {lowercase}", mixed, mixed_refs, tokenize, lowercase))
+    cases.append(case("intl on German", [perturb(rng, l, 0.2) for l in de[:30]], [de[:30]], "intl"))
     # Sentence-level BLEU as sacreBLEU computes corpus BLEU over one sentence.
     for i in range(5):
         h = perturb(rng, de[i], 0.3)

@@ -102,6 +102,23 @@ pub struct TranslateArgs {
     pub text: Vec<String>,
 }
 
+/// How BLEU and chrF are computed (sacreBLEU's options).
+#[derive(Debug, Args)]
+pub struct ScoreFlags {
+    /// BLEU tokenizer, as sacreBLEU's --tokenize.
+    #[arg(long, value_enum, default_value = "13a")]
+    pub tokenize: crate::eval::score::Tokenize,
+    /// Case-insensitive BLEU and chrF.
+    #[arg(long)]
+    pub lowercase: bool,
+}
+
+impl ScoreFlags {
+    pub fn options(&self) -> crate::eval::score::ScoreOptions {
+        crate::eval::score::ScoreOptions { tokenize: self.tokenize, lowercase: self.lowercase }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -118,6 +135,8 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub score: ScoreFlags,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +150,8 @@ pub struct ScoreArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub score: ScoreFlags,
 }
 
 #[derive(Debug, Args)]

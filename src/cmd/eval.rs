@@ -42,7 +42,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         write_atomic(path, text.as_bytes())?;
     }
-    let report = ScoreReport::new(&hyps, &[refs]);
+    let report = ScoreReport::new(&hyps, &[refs], args.score.options());
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["loss"] = loss.loss.into();

@@ -22,7 +22,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             bail!("{} has {} lines but {hyp_name} has {} lines", path.display(), r.len(), hyps.len());
         }
     }
-    let report = ScoreReport::new(&hyps, &refs);
+    let report = ScoreReport::new(&hyps, &refs, args.score.options());
     if args.json {
         print_lines(&[serde_json::to_string(&report)?])
     } else {

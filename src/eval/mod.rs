@@ -57,14 +57,14 @@ pub struct ScoreReport {
 }
 
 impl ScoreReport {
-    pub fn new(hyps: &[String], refs: &[Vec<String>]) -> Self {
-        let bleu = score::Bleu::corpus(hyps, refs);
-        let chrf = score::Chrf::corpus(hyps, refs);
+    pub fn new(hyps: &[String], refs: &[Vec<String>], opts: score::ScoreOptions) -> Self {
+        let bleu = score::Bleu::corpus(hyps, refs, opts);
+        let chrf = score::Chrf::corpus(hyps, refs, opts);
         Self {
             bleu: bleu.score,
             chrf: chrf.score,
-            signature: score::bleu_signature(refs.len()),
-            chrf_signature: score::chrf_signature(refs.len()),
+            signature: score::bleu_signature(refs.len(), opts),
+            chrf_signature: score::chrf_signature(refs.len(), opts),
             bleu_line: bleu.line(),
             chrf_line: chrf.line(),
             precisions: bleu.precisions,

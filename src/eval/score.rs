@@ -24,24 +24,110 @@ fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_py_space).filter(|w| !w.is_empty())
 }
 
+/// sacreBLEU's BLEU tokenizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenize {
+    /// mteval-v13a, sacreBLEU's default (`tok:13a`).
+    #[default]
+    #[value(name = "13a")]
+    #[serde(rename = "13a")]
+    Mteval13a,
+    /// mteval-v14 international: split on Unicode punctuation and symbols (`tok:intl`).
+    Intl,
+    /// Every character is a token (`tok:char`).
+    Char,
+    /// Whitespace only (`tok:none`).
+    None,
+}
+
+impl Tokenize {
+    pub fn signature(self) -> &'static str {
+        match self {
+            Tokenize::Mteval13a => "13a",
+            Tokenize::Intl => "intl",
+            Tokenize::Char => "char",
+            Tokenize::None => "none",
+        }
+    }
+
+    /// Tokenizes one line; the result's tokens are separated by single spaces.
+    pub fn apply(self, line: &str) -> String {
+        match self {
+            Tokenize::Mteval13a => tokenize_13a(line),
+            Tokenize::Intl => tokenize_intl(line),
+            Tokenize::Char => line.chars().filter(|c| !is_py_space(*c)).map(String::from).collect::<Vec<_>>().join(" "),
+            Tokenize::None => py_split(line).collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
+/// What to score with: the tokenizer and whether to lowercase (sacreBLEU's `--tokenize`, `--lowercase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScoreOptions {
+    pub tokenize: Tokenize,
+    pub lowercase: bool,
+}
+
+impl ScoreOptions {
+    /// sacreBLEU's segment preprocessing: optional lowercasing, then `rstrip()`.
+    fn preprocess<'a>(&self, line: &'a str) -> std::borrow::Cow<'a, str> {
+        let line = line.trim_end_matches(is_py_space);
+        if self.lowercase {
+            line.to_lowercase().into()
+        } else {
+            line.into()
+        }
+    }
+
+    fn case(&self) -> &'static str {
+        if self.lowercase {
+            "lc"
+        } else {
+            "mixed"
+        }
+    }
+}
+
 /// The mteval-v13a tokenizer, as sacreBLEU's `Tokenizer13a`.
 pub fn tokenize_13a(line: &str) -> String {
     static RULES: OnceLock<[(Regex, &'static str); 4]> = OnceLock::new();
     let rules = RULES.get_or_init(|| {
-        let re = |p: &str| Regex::new(p).expect("static regex");
         [
-            (re(r"([\{-~\[-` -&\(-\+:-@/])"), " $1 "),
-            (re(r"([^0-9])([\.,])"), "$1 $2 "),
-            (re(r"([\.,])([^0-9])"), " $1 $2"),
-            (re(r"([0-9])(-)"), "$1 $2 "),
+            (static_regex(r"([\{-~\[-` -&\(-\+:-@/])"), " $1 "),
+            (static_regex(r"([^0-9])([\.,])"), "$1 $2 "),
+            (static_regex(r"([\.,])([^0-9])"), " $1 $2"),
+            (static_regex(r"([0-9])(-)"), "$1 $2 "),
         ]
     });
     let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
         line = line.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
     }
-    let mut line = format!(" {line} ");
-    for (re, rep) in rules.iter() {
+    apply_rules(rules, &format!(" {line} "))
+}
+
+/// The mteval-v14 international tokenizer, as sacreBLEU's `TokenizerV14International`.
+pub fn tokenize_intl(line: &str) -> String {
+    static RULES: OnceLock<[(Regex, &'static str); 3]> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        [
+            (static_regex(r"(\P{N})(\p{P})"), "$1 $2 "),
+            (static_regex(r"(\p{P})(\P{N})"), " $1 $2"),
+            (static_regex(r"(\p{S})"), " $1 "),
+        ]
+    });
+    apply_rules(rules, line)
+}
+
+fn static_regex(pattern: &str) -> Regex {
+    // The patterns are constants of this file; a test compiles every one of them.
+    Regex::new(pattern).unwrap_or_else(|e| panic!("invalid built-in regex {pattern}: {e}"))
+}
+
+fn apply_rules(rules: &[(Regex, &'static str)], line: &str) -> String {
+    let mut line = line.to_string();
+    for (re, rep) in rules {
         line = re.replace_all(&line, *rep).into_owned();
     }
     py_split(&line).collect::<Vec<_>>().join(" ")
@@ -61,14 +147,15 @@ pub struct Bleu {
 
 impl Bleu {
     /// BLEU of `hyps` against one or more reference streams (`refs[k][i]` is reference k of sentence i).
-    pub fn corpus(hyps: &[String], refs: &[Vec<String>]) -> Self {
+    pub fn corpus(hyps: &[String], refs: &[Vec<String>], opts: ScoreOptions) -> Self {
         let mut correct = [0usize; MAX_NGRAM];
         let mut total = [0usize; MAX_NGRAM];
         let (mut sys_len, mut ref_len) = (0, 0);
+        let tok = |line: &str| opts.tokenize.apply(&opts.preprocess(line));
         for (i, hyp) in hyps.iter().enumerate() {
-            let h = tokenize_13a(hyp);
+            let h = tok(hyp);
             let hw: Vec<&str> = h.split(' ').filter(|w| !w.is_empty()).collect();
-            let toks: Vec<String> = refs.iter().map(|r| tokenize_13a(&r[i])).collect();
+            let toks: Vec<String> = refs.iter().map(|r| tok(&r[i])).collect();
             let rws: Vec<Vec<&str>> = toks.iter().map(|t| t.split(' ').filter(|w| !w.is_empty()).collect()).collect();
             sys_len += hw.len();
             ref_len += closest_ref_len(hw.len(), rws.iter().map(Vec::len));
@@ -169,13 +256,14 @@ pub struct Chrf {
 }
 
 impl Chrf {
-    pub fn corpus(hyps: &[String], refs: &[Vec<String>]) -> Self {
+    /// chrF2 of `hyps` against one or more reference streams; only `opts.lowercase` applies.
+    pub fn corpus(hyps: &[String], refs: &[Vec<String>], opts: ScoreOptions) -> Self {
         let mut stats = [0usize; 3 * CHRF_ORDER];
         for (i, hyp) in hyps.iter().enumerate() {
-            let hc = char_ngram_counts(hyp);
+            let hc = char_ngram_counts(&opts.preprocess(hyp));
             let mut best: Option<(f64, [usize; 3 * CHRF_ORDER])> = None;
             for r in refs {
-                let rc = char_ngram_counts(&r[i]);
+                let rc = char_ngram_counts(&opts.preprocess(&r[i]));
                 let mut s = [0usize; 3 * CHRF_ORDER];
                 for n in 0..CHRF_ORDER {
                     let matches: usize = hc[n].iter().map(|(g, c)| (*c).min(rc[n].get(g).copied().unwrap_or(0))).sum();
@@ -242,13 +330,18 @@ fn chrf_from_stats(stats: &[usize]) -> f64 {
 }
 
 /// sacreBLEU's signature for the BLEU settings used here, naming this scorer in `version`.
-pub fn bleu_signature(nrefs: usize) -> String {
-    format!("nrefs:{nrefs}|case:mixed|eff:no|tok:13a|smooth:exp|version:nmt-{}", env!("CARGO_PKG_VERSION"))
+pub fn bleu_signature(nrefs: usize, opts: ScoreOptions) -> String {
+    format!(
+        "nrefs:{nrefs}|case:{}|eff:no|tok:{}|smooth:exp|version:nmt-{}",
+        opts.case(),
+        opts.tokenize.signature(),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// sacreBLEU's signature for chrF2.
-pub fn chrf_signature(nrefs: usize) -> String {
-    format!("nrefs:{nrefs}|case:mixed|eff:yes|nc:6|nw:0|space:no|version:nmt-{}", env!("CARGO_PKG_VERSION"))
+pub fn chrf_signature(nrefs: usize, opts: ScoreOptions) -> String {
+    format!("nrefs:{nrefs}|case:{}|eff:yes|nc:6|nw:0|space:no|version:nmt-{}", opts.case(), env!("CARGO_PKG_VERSION"))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub fn scaled_dot_product_attention(
     let d_k = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (d_k as f64).sqrt())?; // (batch, heads, q_len, k_len)
     let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
     let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;

@@ -53,7 +53,7 @@ impl PositionalEncoding {
         if start + len > max {
             candle_core::bail!("sequence of {} positions exceeds model.max_positions {max}", start + len);
         }
-        x.broadcast_add(&self.table.narrow(0, start, len)?)
+        x.broadcast_add(&self.table.narrow(0, start, len)?.to_dtype(x.dtype())?)
     }
 }
 

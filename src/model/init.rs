@@ -75,17 +75,24 @@ struct StoreInner {
 pub struct ParamStore {
     inner: Arc<Mutex<StoreInner>>,
     device: Device,
+    dtype: DType,
 }
 
 impl ParamStore {
+    /// An empty f32 store whose parameters are drawn from `seed`.
     pub fn new(seed: u64, device: &Device) -> Self {
+        Self::with_dtype(seed, DType::F32, device)
+    }
+
+    /// Same, in another float type (f64 for gradient checks).
+    pub fn with_dtype(seed: u64, dtype: DType, device: &Device) -> Self {
         let inner = StoreInner { rng: Rng::seed(seed), vars: BTreeMap::new() };
-        Self { inner: Arc::new(Mutex::new(inner)), device: device.clone() }
+        Self { inner: Arc::new(Mutex::new(inner)), device: device.clone(), dtype }
     }
 
     /// A `VarBuilder` whose tensors are this store's trainable variables.
     pub fn var_builder(&self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, self.device.clone())
+        VarBuilder::from_backend(Box::new(self.clone()), self.dtype, self.device.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
@@ -115,7 +122,7 @@ impl ParamStore {
                     var.dims()
                 );
             }
-            var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            var.set(&t.to_dtype(self.dtype)?.to_device(&self.device)?)?;
         }
         if let Some(extra) = tensors.keys().find(|k| !inner.vars.contains_key(*k)) {
             anyhow::bail!("tensor {extra} is not part of this model (different architecture?)");

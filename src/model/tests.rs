@@ -148,3 +148,54 @@ fn analytic_count_equals_built_model() {
         }
     }
 }
+
+#[test]
+fn finite_differences_agree_with_backprop_in_f64() {
+    let cfg = ModelConfig {
+        encoder_layers: 1,
+        decoder_layers: 1,
+        heads: 2,
+        d_model: 4,
+        d_ff: 6,
+        dropout: 0.0,
+        vocab_size: 7,
+        max_positions: 16,
+        ..ModelConfig::default()
+    };
+    let store = init::ParamStore::with_dtype(11, DType::F64, &Device::Cpu);
+    let model = Transformer::new(&cfg, store.var_builder()).unwrap();
+    let src = ids(&[&[4, 5, 6, 2], &[5, 2, 0, 0]]);
+    let mask = padding_mask(&src, 0).unwrap();
+    let tgt_in = ids(&[&[1, 4, 6], &[1, 5, 0]]);
+    let tgt_out = ids(&[&[4, 6, 2], &[5, 2, 0]]);
+    let loss = || {
+        let logits = model.forward(&src, &mask, &tgt_in, &mut Mode::Eval).unwrap();
+        crate::train::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap().loss
+    };
+    let grads = loss().backward().unwrap();
+    let h = 1e-6;
+    let mut checked = 0;
+    for (name, var) in store.vars() {
+        let shape = var.shape().clone();
+        let orig = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let grad = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for idx in [0, orig.len() / 2, orig.len() - 1] {
+            let at = |delta: f64| {
+                let mut v = orig.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap()).unwrap();
+                loss().to_vec0::<f64>().unwrap()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            var.set(&Tensor::from_vec(orig.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+            let analytic = grad[idx];
+            let scale = numeric.abs().max(analytic.abs());
+            if scale > 1e-7 {
+                let rel = (numeric - analytic).abs() / scale;
+                assert!(rel < 1e-4, "{name}[{idx}]: backprop {analytic}, finite difference {numeric}, rel {rel}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} entries checked");
+}

@@ -26,12 +26,12 @@ pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, pad: u32, 
     let target = target.reshape((batch * len, 1))?;
     let nll = log_probs.gather(&target, 1)?.neg()?.squeeze(1)?; // (batch·len)
     let smooth = log_probs.mean(D::Minus1)?.neg()?; // (batch·len)
-    let keep = target.squeeze(1)?.ne(pad)?.to_dtype(DType::F32)?;
-    let tokens = keep.sum_all()?.to_vec0::<f32>()? as usize;
+    let keep = target.squeeze(1)?.ne(pad)?.to_dtype(logits.dtype())?;
+    let tokens = keep.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()? as usize;
     let nll_masked = (nll * &keep)?;
     let per_token = ((&nll_masked * (1.0 - epsilon))? + ((smooth * &keep)? * epsilon)?)?;
     let loss = (per_token.sum_all()? / tokens.max(1) as f64)?;
-    let nll_sum = nll_masked.sum_all()?.to_vec0::<f32>()? as f64;
+    let nll_sum = nll_masked.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
     Ok(Loss { loss, nll_sum, tokens })
 }
 

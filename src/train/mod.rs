@@ -72,7 +72,7 @@ impl Trainer<'_> {
             self.tokenizer.specials.pad,
             t.label_smoothing,
         )?;
-        let loss_value = l.loss.to_vec0::<f32>()? as f64;
+        let loss_value = l.loss.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?;
         if !loss_value.is_finite() {
             bail!("loss became {loss_value} at step {}: lower train.lr_scale or check the data", self.state.step + 1);
         }
@@ -184,7 +184,7 @@ impl Trainer<'_> {
             search: Search::Greedy,
         };
         let hyps = translator.translate(&v.src_lines[..n], |_| {})?;
-        let report = ScoreReport::new(&hyps, &[v.ref_lines[..n].to_vec()]);
+        let report = ScoreReport::new(&hyps, &[v.ref_lines[..n].to_vec()], Default::default());
         Ok(Some(ValidLine {
             kind: "valid",
             step: self.state.step,
