@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod encoder;
 pub mod feed_forward;
+pub mod fused_layer_norm;
 pub mod init;
 pub mod mask;
 pub mod norm;
@@ -23,8 +24,12 @@ use init::{embedding_normal, Mode};
 
 /// A linear layer y = x Wᵀ + b with weight (out, in) and bias (out).
 ///
-/// Unlike `candle_nn::Linear`, which runs one small matrix product per batch row, the leading dimensions
-/// are flattened into a single (rows, in) × (in, out) product, several times faster on CPU.
+/// Two CPU speed choices, same function:
+/// - the leading dimensions are flattened into one (rows, in) × (in, out) product, where
+///   `candle_nn::Linear` runs one small product per batch row;
+/// - the bias is added as the outer product 1·bᵀ of a ones column and the bias row, so that its gradient
+///   is the matrix product 1ᵀ·∂y rather than candle's slow strided sum over the leading dimension that a
+///   broadcast add would need in backward.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -37,9 +42,12 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let d_in = dims.pop().unwrap_or(1);
+        let d_out = self.weight.dim(0)?;
         let rows: usize = dims.iter().product();
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
-        dims.push(self.weight.dim(0)?);
+        let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
+        let bias = ones.matmul(&self.bias.reshape((1, d_out))?)?; // (rows, out), every row b
+        let y = (x.reshape((rows, d_in))?.matmul(&self.weight.t()?)? + bias)?;
+        dims.push(d_out);
         y.reshape(dims)
     }
 }

@@ -9,7 +9,7 @@
 
 use super::init::Mode;
 use crate::config::{ModelConfig, Norm};
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 /// LayerNorm over the last dimension with a learned gain (`weight`) and bias (`bias`).
@@ -29,9 +29,22 @@ impl LayerNorm {
 
     /// (x - mean) / sqrt(var + eps) · weight + bias, with the biased variance.
     ///
+    /// On CPU in f32/f64 this runs the fused op of [`super::fused_layer_norm`] (one pass forward, one
+    /// pass backward); elsewhere the [`Self::forward_reference`] tensor-op path.
+    ///
     /// # Shapes
     /// - `x`: (..., d_model) → (..., d_model)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+        if !fused {
+            return self.forward_reference(x);
+        }
+        let op = super::fused_layer_norm::FusedLayerNorm { eps: self.eps };
+        x.contiguous()?.apply_op3(&self.weight, &self.bias, op)
+    }
+
+    /// The same function from differentiable tensor ops: the slow reference path.
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -103,6 +116,39 @@ mod tests {
         assert!(g.abs().unwrap().sum_all().unwrap().to_vec0::<f32>().unwrap() > 0.0);
         for (name, var) in store.vars() {
             assert!(grads.get(var.as_tensor()).is_some(), "{name} has no gradient");
+        }
+    }
+
+    #[test]
+    fn fused_equals_reference_forward_and_backward() {
+        for dtype in [DType::F32, DType::F64] {
+            let c = ModelConfig { d_model: 6, ..cfg(Norm::Post) };
+            let store = ParamStore::with_dtype(2, dtype, &Device::Cpu);
+            let ln = LayerNorm::new(&c, store.var_builder().pp("n")).unwrap();
+            // Non-trivial gain and bias, so their gradients are tested too.
+            let w = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.3, 1.0], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            store.vars()[1].1.set(&w).unwrap();
+            store.vars()[0].1.set(&(&w * 0.1).unwrap()).unwrap();
+            let mut rng = crate::model::init::Rng::seed(5);
+            let data: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal() * 3.0 + 1.0).collect();
+            let x = Var::from_tensor(&Tensor::from_vec(data, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let probe: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal()).collect();
+            let probe = Tensor::from_vec(probe, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let run = |fused: bool| {
+                let y = if fused { ln.forward(x.as_tensor()) } else { ln.forward_reference(x.as_tensor()) }.unwrap();
+                let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut outs = vec![y];
+                for t in [x.as_tensor().clone(), store.vars()[0].1.as_tensor().clone(), store.vars()[1].1.as_tensor().clone()] {
+                    outs.push(grads.get(&t).expect("gradient").clone());
+                }
+                outs
+            };
+            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+            for (i, (a, b)) in run(true).iter().zip(run(false)).enumerate() {
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+                let diff = diff.to_vec0::<f64>().unwrap();
+                assert!(diff < tol, "{dtype:?} output {i} (y, dx, dbias, dweight) differs by {diff}");
+            }
         }
     }
 

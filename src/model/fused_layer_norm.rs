@@ -1,0 +1,149 @@
+//! A fused LayerNorm with its own backward pass, for CPU tensors in f32 or f64.
+//!
+//! candle 0.11's `ops::layer_norm` has no backward, and LayerNorm written with tensor ops (the reference
+//! path in [`super::norm`]) is correct but slow to differentiate: the gradients of the gain and bias are
+//! sums over all leading dimensions, which candle's CPU backend does one element at a time. This op
+//! computes the forward pass in one sweep over each row and the whole backward pass (∂x, ∂γ, ∂β) in one
+//! more, in parallel over rows. Tests in `norm.rs` check it against the reference path.
+//!
+//! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
+//! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+pub struct FusedLayerNorm {
+    pub eps: f64,
+}
+
+/// The contiguous slice of a CPU tensor's storage.
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("fused layer norm needs contiguous inputs"),
+    }
+}
+
+/// Mean and 1/σ of one row.
+fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = row.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let n = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(n * ROWS_PER_TASK).zip(x.par_chunks(n * ROWS_PER_TASK)).for_each(|(ys, xs)| {
+        for (yr, xr) in ys.chunks_mut(n).zip(xs.chunks(n)) {
+            let (mean, inv_std) = row_stats(xr, eps);
+            for i in 0..n {
+                let xhat = (xr[i].to_f64() - mean) * inv_std;
+                yr[i] = T::from_f64(xhat * w[i].to_f64() + b[i].to_f64());
+            }
+        }
+    });
+    y
+}
+
+/// Returns (∂x, ∂γ, ∂β).
+fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let n = w.len();
+    let mut dx = vec![T::zero(); x.len()];
+    let (dw, db) = dx
+        .par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(x.par_chunks(n * ROWS_PER_TASK).zip(dy.par_chunks(n * ROWS_PER_TASK)))
+        .map(|(dxs, (xs, dys))| {
+            let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
+            let mut xhat = vec![0f64; n];
+            for ((dxr, xr), dyr) in dxs.chunks_mut(n).zip(xs.chunks(n)).zip(dys.chunks(n)) {
+                let (mean, inv_std) = row_stats(xr, eps);
+                let (mut g_mean, mut gx_mean) = (0.0, 0.0);
+                for i in 0..n {
+                    xhat[i] = (xr[i].to_f64() - mean) * inv_std;
+                    let d = dyr[i].to_f64();
+                    dw[i] += d * xhat[i];
+                    db[i] += d;
+                    let g = d * w[i].to_f64();
+                    g_mean += g;
+                    gx_mean += g * xhat[i];
+                }
+                g_mean /= n as f64;
+                gx_mean /= n as f64;
+                for i in 0..n {
+                    let g = dyr[i].to_f64() * w[i].to_f64();
+                    dxr[i] = T::from_f64((g - g_mean - xhat[i] * gx_mean) * inv_std);
+                }
+            }
+            (dw, db)
+        })
+        .reduce(
+            || (vec![0f64; n], vec![0f64; n]),
+            |(mut a, mut b), (c, d)| {
+                a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+                b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+                (a, b)
+            },
+        );
+    (dx, dw.into_iter().map(T::from_f64).collect(), db.into_iter().map(T::from_f64).collect())
+}
+
+impl CustomOp3 for FusedLayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = l1.shape().clone();
+        let y = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(forward::<f32>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
+            CpuStorage::F64(_) => CpuStorage::F64(forward::<f64>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
+            other => candle_core::bail!("fused layer norm: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((y, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ds)) = (&*xs, &*ws, &*ds) else {
+            candle_core::bail!("fused layer norm runs on CPU only");
+        };
+        let n = w.elem_count();
+        let dev = x.device();
+        let (dx, dw, db) = match xs {
+            CpuStorage::F32(_) => {
+                let (a, b, c) = backward::<f32>(slice(xs, xl)?, slice(ws, wl)?, slice(ds, dl)?, self.eps);
+                (Tensor::from_vec(a, x.shape(), dev)?, Tensor::from_vec(b, n, dev)?, Tensor::from_vec(c, n, dev)?)
+            }
+            CpuStorage::F64(_) => {
+                let (a, b, c) = backward::<f64>(slice(xs, xl)?, slice(ws, wl)?, slice(ds, dl)?, self.eps);
+                (Tensor::from_vec(a, x.shape(), dev)?, Tensor::from_vec(b, n, dev)?, Tensor::from_vec(c, n, dev)?)
+            }
+            other => candle_core::bail!("fused layer norm: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
