@@ -91,10 +91,33 @@ pub struct ModelFlags {
     pub device: DeviceFlags,
 }
 
+/// How to search for translations.
+#[derive(Debug, Args)]
+pub struct SearchFlags {
+    /// Beam size; 1 is greedy search.
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Length-penalty exponent α of ((5 + |Y|) / 6)^α.
+    #[arg(long, default_value_t = 0.6)]
+    pub alpha: f64,
+}
+
+impl SearchFlags {
+    pub fn search(&self, nbest: usize) -> crate::decode::Search {
+        crate::decode::Search::from_flags(self.beam, self.alpha, nbest)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TranslateArgs {
     #[command(flatten)]
     pub model: ModelFlags,
+    #[command(flatten)]
+    pub search: SearchFlags,
+    /// Print the K best hypotheses per input as `INDEX ||| TRANSLATION ||| SCORE` lines (Moses n-best
+    /// format; INDEX counts inputs from 0; SCORE is the length-normalised log-probability). K ≤ --beam.
+    #[arg(long)]
+    pub nbest: Option<usize>,
     /// Read sentences from this file instead of stdin.
     #[arg(long, conflicts_with = "text")]
     pub input: Option<PathBuf>,
@@ -123,6 +146,8 @@ impl ScoreFlags {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelFlags,
+    #[command(flatten)]
+    pub search: SearchFlags,
     /// Source side of the test set.
     #[arg(long)]
     pub src: PathBuf,

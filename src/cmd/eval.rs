@@ -4,7 +4,7 @@ use super::{load_model, print_lines};
 use crate::cli::EvalArgs;
 use crate::data::batch::Example;
 use crate::data::corpus::read_pairs;
-use crate::decode::{Search, Translator};
+use crate::decode::Translator;
 use crate::eval::{teacher_forced_loss, ScoreReport};
 use crate::progress::Progress;
 use crate::run_dir::write_atomic;
@@ -28,7 +28,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device: m.device.clone(),
         max_positions: m.cfg.model.max_positions,
         batch_size: args.model.batch_size,
-        search: Search::Greedy,
+        search: args.search.search(1),
     };
     let srcs: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();

@@ -3,12 +3,17 @@
 use super::{load_model, print_lines};
 use crate::cli::TranslateArgs;
 use crate::data::corpus::read_lines;
-use crate::decode::{Search, Translator};
+use crate::decode::Translator;
 use crate::progress::Progress;
 use anyhow::{Context, Result};
 use std::io::BufRead;
 
 pub fn run(args: TranslateArgs) -> Result<()> {
+    if let Some(k) = args.nbest {
+        if k == 0 || k > args.search.beam.max(1) {
+            anyhow::bail!("--nbest {k}: must be between 1 and --beam {}", args.search.beam);
+        }
+    }
     let lines: Vec<String> = if !args.text.is_empty() {
         args.text.clone()
     } else if let Some(path) = &args.input {
@@ -29,10 +34,18 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         device: m.device.clone(),
         max_positions: m.cfg.model.max_positions,
         batch_size: args.model.batch_size,
-        search: Search::Greedy,
+        search: args.search.search(args.nbest.unwrap_or(1)),
     };
     let progress = Progress::new(lines.len() as u64, "sentences");
-    let out = translator.translate(&lines, |n| progress.inc(n as u64))?;
+    let nbest = translator.translate_nbest(&lines, |n| progress.inc(n as u64))?;
     progress.finish();
+    let out: Vec<String> = match args.nbest {
+        None => nbest.into_iter().map(|h| h.into_iter().next().map(|(t, _)| t).unwrap_or_default()).collect(),
+        Some(_) => nbest
+            .iter()
+            .enumerate()
+            .flat_map(|(i, hyps)| hyps.iter().map(move |(t, score)| format!("{i} ||| {t} ||| {score:.6}")))
+            .collect(),
+    };
     print_lines(&out)
 }

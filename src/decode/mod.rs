@@ -1,20 +1,51 @@
 //! Translation: sort inputs by length, decode in batches, restore the input order.
 //!
-//! Greedy search is implemented here; beam search, the incremental KV cache and n-best lists are the
-//! subject of their own issue. The maximum output length is source length + 50 tokens, capped by
+//! [`Search::Beam`] (the default of `translate` and `eval`: beam 4, α = 0.6, as in the paper) and
+//! [`Search::Greedy`] both decode incrementally with the decoder's KV cache; `greedy_uncached` is the
+//! slow reference. The maximum output length is source length + 50 tokens, capped by
 //! `model.max_positions`.
 
+pub mod beam;
 pub mod greedy;
 
 use crate::data::tokenizer::Tokenizer;
 use crate::model::Transformer;
 use anyhow::Result;
+use beam::{length_penalty, BeamSettings};
 use candle_core::Device;
 
+/// A finished output: its tokens (no specials), log P(Y) including `</s>`, and the score it is ranked by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    pub tokens: Vec<u32>,
+    pub log_prob: f64,
+    /// log P(Y) / lp(|Y|) with |Y| = tokens + `</s>`; equals `log_prob` when α = 0.
+    pub score: f64,
+}
+
+impl Hypothesis {
+    pub fn new(tokens: Vec<u32>, log_prob: f64, alpha: f64) -> Self {
+        let score = log_prob / length_penalty(tokens.len() + 1, alpha);
+        Self { tokens, log_prob, score }
+    }
+}
+
 /// How to search for the best output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Search {
     Greedy,
+    Beam(BeamSettings),
+}
+
+impl Search {
+    /// Beam 1 is greedy search.
+    pub fn from_flags(beam: usize, alpha: f64, nbest: usize) -> Self {
+        if beam <= 1 {
+            Search::Greedy
+        } else {
+            Search::Beam(BeamSettings { beam, alpha, nbest })
+        }
+    }
 }
 
 pub struct Translator<'a> {
@@ -28,21 +59,21 @@ pub struct Translator<'a> {
 }
 
 impl Translator<'_> {
-    /// Translates token ids. Empty inputs give empty outputs. `progress` is called with the number of
-    /// sentences finished after each batch.
-    pub fn translate_ids(&self, inputs: &[Vec<u32>], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<u32>>> {
-        let mut outputs = vec![Vec::new(); inputs.len()];
+    /// Translates token ids into n-best lists (one hypothesis for greedy search). Empty inputs give one
+    /// empty hypothesis. `progress` is called with the number of sentences finished after each batch.
+    pub fn translate_ids(&self, inputs: &[Vec<u32>], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<Hypothesis>>> {
+        let mut outputs = vec![vec![Hypothesis::new(vec![], 0.0, 0.0)]; inputs.len()];
         let max_src = self.max_positions - 1; // room for eos
         let mut order: Vec<usize> = (0..inputs.len()).filter(|&i| !inputs[i].is_empty()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
         for chunk in order.chunks(self.batch_size.max(1)) {
             let srcs: Vec<&[u32]> = chunk.iter().map(|&i| &inputs[i][..inputs[i].len().min(max_src)]).collect();
-            let hyps = match self.search {
-                Search::Greedy => {
-                    greedy::greedy(self.model, &srcs, self.tokenizer.specials, self.max_positions, &self.device)?
-                }
+            let (m, sp, mp, dev) = (self.model, self.tokenizer.specials, self.max_positions, &self.device);
+            let nbest = match self.search {
+                Search::Greedy => greedy::greedy(m, &srcs, sp, mp, dev)?.into_iter().map(|h| vec![h]).collect(),
+                Search::Beam(s) => beam::beam_search(m, &srcs, sp, mp, dev, s)?,
             };
-            for (&i, h) in chunk.iter().zip(hyps) {
+            for (&i, h) in chunk.iter().zip(nbest) {
                 outputs[i] = h;
             }
             progress(chunk.len());
@@ -50,10 +81,19 @@ impl Translator<'_> {
         Ok(outputs)
     }
 
-    /// Translates sentences: exactly one output line per input line, in order.
-    pub fn translate(&self, lines: &[String], progress: impl FnMut(usize)) -> Result<Vec<String>> {
+    /// n-best lists as (text, score) pairs, best first.
+    pub fn translate_nbest(&self, lines: &[String], progress: impl FnMut(usize)) -> Result<Vec<Vec<(String, f64)>>> {
         let ids = lines.iter().map(|l| self.tokenizer.encode(l)).collect::<Result<Vec<_>>>()?;
         let out = self.translate_ids(&ids, progress)?;
-        out.iter().map(|ids| self.tokenizer.decode(ids)).collect()
+        out.iter().map(|hyps| hyps.iter().map(|h| Ok((self.tokenizer.decode(&h.tokens)?, h.score))).collect()).collect()
+    }
+
+    /// Translates sentences: exactly one output line per input line, in order.
+    pub fn translate(&self, lines: &[String], progress: impl FnMut(usize)) -> Result<Vec<String>> {
+        let nbest = self.translate_nbest(lines, progress)?;
+        Ok(nbest.into_iter().map(|mut h| if h.is_empty() { String::new() } else { h.swap_remove(0).0 }).collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,6 +45,27 @@ pub struct MultiHeadAttention {
     d_k: usize,
 }
 
+/// Keys and values already projected and split into heads, kept between decoding steps: the growing
+/// self-attention cache of the decoder, or the encoder memory's cross-attention keys and values (computed
+/// once per sentence).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// (batch, heads, len, d_k)
+    pub k: Tensor,
+    /// (batch, heads, len, d_k)
+    pub v: Tensor,
+}
+
+impl KvCache {
+    /// Keeps batch rows `rows` in that order (beam reordering, dropping finished sentences).
+    ///
+    /// # Shapes
+    /// - `rows`: (new_batch) u32
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self { k: self.k.index_select(rows, 0)?, v: self.v.index_select(rows, 0)? })
+    }
+}
+
 /// The attention output and the weights that produced it (kept for pictures and tests).
 pub struct AttentionOutput {
     /// (batch, q_len, d_model)
@@ -81,11 +102,45 @@ impl MultiHeadAttention {
     /// - `query`: (batch, q_len, d_model); `memory`: (batch, k_len, d_model)
     /// - `mask`: additive, broadcastable to (batch, heads, q_len, k_len)
     pub fn forward(&self, query: &Tensor, memory: &Tensor, mask: Option<&Tensor>) -> Result<AttentionOutput> {
+        self.attend(query, &self.project_kv(memory)?, mask)
+    }
+
+    /// Projects `memory` to keys and values: W_K and W_V, split into heads.
+    ///
+    /// # Shapes
+    /// - `memory`: (batch, k_len, d_model) → k, v: (batch, heads, k_len, d_k)
+    pub fn project_kv(&self, memory: &Tensor) -> Result<KvCache> {
+        Ok(KvCache {
+            k: self.split_heads(&self.w_k.forward(memory)?)?,
+            v: self.split_heads(&self.w_v.forward(memory)?)?,
+        })
+    }
+
+    /// Incremental self-attention for one new position: appends its keys and values to `cache` (creating
+    /// it on the first step), then attends from it to every position so far. No mask is needed: the
+    /// cache holds only past and present positions.
+    ///
+    /// # Shapes
+    /// - `x`: (batch, 1, d_model) → output (batch, 1, d_model)
+    pub fn forward_incremental(&self, x: &Tensor, cache: &mut Option<KvCache>) -> Result<AttentionOutput> {
+        let new = self.project_kv(x)?;
+        let kv = match cache.take() {
+            None => new,
+            Some(old) => KvCache { k: Tensor::cat(&[&old.k, &new.k], 2)?, v: Tensor::cat(&[&old.v, &new.v], 2)? },
+        };
+        let out = self.attend(x, &kv, None)?;
+        *cache = Some(kv);
+        Ok(out)
+    }
+
+    /// Attends from `query` to already projected keys and values.
+    ///
+    /// # Shapes
+    /// - `query`: (batch, q_len, d_model); `kv`: (batch, heads, k_len, d_k)
+    pub fn attend(&self, query: &Tensor, kv: &KvCache, mask: Option<&Tensor>) -> Result<AttentionOutput> {
         let (batch, q_len, d_model) = query.dims3()?;
         let q = self.split_heads(&self.w_q.forward(query)?)?;
-        let k = self.split_heads(&self.w_k.forward(memory)?)?;
-        let v = self.split_heads(&self.w_v.forward(memory)?)?;
-        let (heads_out, weights) = scaled_dot_product_attention(&q, &k, &v, mask)?;
+        let (heads_out, weights) = scaled_dot_product_attention(&q, &kv.k, &kv.v, mask)?;
         let concat = heads_out
             .transpose(1, 2)? // (batch, q_len, heads, d_k)
             .reshape((batch, q_len, d_model))?; // Concat(head_1, …, head_h)

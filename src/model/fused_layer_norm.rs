@@ -109,8 +109,12 @@ impl CustomOp3 for FusedLayerNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let shape = l1.shape().clone();
         let y = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(forward::<f32>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
-            CpuStorage::F64(_) => CpuStorage::F64(forward::<f64>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(forward::<f32>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(forward::<f64>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps))
+            }
             other => candle_core::bail!("fused layer norm: unsupported dtype {:?}", other.dtype()),
         };
         Ok((y, shape))

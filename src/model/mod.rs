@@ -140,6 +140,27 @@ impl Transformer {
             .reshape((batch, len, vocab))
     }
 
+    /// Starts incremental decoding over an encoded batch.
+    ///
+    /// # Shapes
+    /// - `memory`: (batch, src_len, d_model)
+    pub fn start_decoding(&self, memory: &Tensor) -> Result<decoder::DecoderCache> {
+        self.decoder.start(memory)
+    }
+
+    /// One incremental decoding step (evaluation mode): the next-token logits after `tokens`, the newest
+    /// token of each row, given the cache of the positions before it.
+    ///
+    /// # Shapes
+    /// - `tokens`: (batch) u32; `src_mask`: (batch, 1, 1, src_len) → logits (batch, vocab)
+    pub fn decode_step(&self, tokens: &Tensor, cache: &mut decoder::DecoderCache, src_mask: &Tensor) -> Result<Tensor> {
+        let batch = tokens.dim(0)?;
+        let y = embed(&self.embeddings.tgt, &tokens.reshape((batch, 1))?)?;
+        let y = self.positional.forward(&y, cache.len)?; // (batch, 1, d_model) at position cache.len
+        let hidden = self.decoder.step(&y, cache, src_mask)?;
+        self.logits(&hidden)?.squeeze(1)
+    }
+
     /// Teacher-forced forward pass: logits for every target position.
     ///
     /// # Shapes

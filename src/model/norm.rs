@@ -131,14 +131,20 @@ mod tests {
             store.vars()[0].1.set(&(&w * 0.1).unwrap()).unwrap();
             let mut rng = crate::model::init::Rng::seed(5);
             let data: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal() * 3.0 + 1.0).collect();
-            let x = Var::from_tensor(&Tensor::from_vec(data, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let x =
+                Var::from_tensor(&Tensor::from_vec(data, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap())
+                    .unwrap();
             let probe: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal()).collect();
             let probe = Tensor::from_vec(probe, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let run = |fused: bool| {
                 let y = if fused { ln.forward(x.as_tensor()) } else { ln.forward_reference(x.as_tensor()) }.unwrap();
                 let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 let mut outs = vec![y];
-                for t in [x.as_tensor().clone(), store.vars()[0].1.as_tensor().clone(), store.vars()[1].1.as_tensor().clone()] {
+                for t in [
+                    x.as_tensor().clone(),
+                    store.vars()[0].1.as_tensor().clone(),
+                    store.vars()[1].1.as_tensor().clone(),
+                ] {
                     outs.push(grads.get(&t).expect("gradient").clone());
                 }
                 outs

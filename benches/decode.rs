@@ -1,0 +1,84 @@
+//! Decoding speed: sentences/s and target tokens/s for greedy and beam 4, one sentence at a time and in
+//! batches, plus the time per output token as the output grows (flat with the KV cache, growing without).
+//!
+//!     cargo bench --bench decode -- [RUN_DIR] [SRC_FILE] [N]
+//!
+//! Defaults: runs/demo, data/demo/test.en, 200 sentences. For Multi30k, train configs/multi30k.json and
+//! pass `runs/multi30k ../shared/data/multi30k/test2016.de 1000`.
+
+use candle_core::{Device, Tensor};
+use nmt::config::Config;
+use nmt::data::corpus::read_lines;
+use nmt::data::tokenizer::Tokenizer;
+use nmt::decode::beam::BeamSettings;
+use nmt::decode::{Search, Translator};
+use nmt::model::init::{Mode, ParamStore};
+use nmt::model::Transformer;
+use nmt::run_dir::RunDir;
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let run = RunDir::new(args.first().map(String::as_str).unwrap_or("runs/demo"));
+    let src_file = args.get(1).map(String::as_str).unwrap_or("data/demo/test.en");
+    let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let cfg = Config::from_file(&run.config())?;
+    let tokenizer = Tokenizer::load(&run.tokenizer())?;
+    let device = Device::Cpu;
+    let store = ParamStore::new(0, &device);
+    let model = Transformer::new(&cfg.model, store.var_builder())?;
+    let step = run.latest_step()?.ok_or_else(|| anyhow::anyhow!("{} has no checkpoint", run.root.display()))?;
+    nmt::train::checkpoint::load_weights(&run.weights(step), &store)?;
+    let lines: Vec<String> = read_lines(std::path::Path::new(src_file))?.into_iter().take(n).collect();
+    println!(
+        "model {} (step {step}), {} sentences from {src_file}, {} threads",
+        run.root.display(),
+        lines.len(),
+        rayon::current_num_threads()
+    );
+    println!("{:<22} {:>10} {:>12} {:>14}", "search", "batch", "sentences/s", "tgt tokens/s");
+    for (name, search) in [
+        ("greedy", Search::Greedy),
+        ("beam 4 (alpha 0.6)", Search::Beam(BeamSettings { beam: 4, alpha: 0.6, nbest: 1 })),
+    ] {
+        for batch in [1, 32] {
+            let t = Translator {
+                model: &model,
+                tokenizer: &tokenizer,
+                device: device.clone(),
+                max_positions: cfg.model.max_positions,
+                batch_size: batch,
+                search,
+            };
+            let start = Instant::now();
+            let out = t.translate(&lines, |_| {})?;
+            let secs = start.elapsed().as_secs_f64();
+            let tokens: usize = out.iter().map(|o| tokenizer.encode(o).map(|v| v.len() + 1).unwrap_or(0)).sum();
+            println!("{name:<22} {batch:>10} {:>12.1} {:>14.1}", lines.len() as f64 / secs, tokens as f64 / secs);
+        }
+    }
+    // Time per decoding step at growing output positions, batch 32, forced tokens.
+    let ids: Vec<Vec<u32>> = lines.iter().take(32).map(|l| tokenizer.encode(l)).collect::<anyhow::Result<_>>()?;
+    let rows = nmt::data::batch::source_rows(ids.iter().map(|v| v.as_slice()), tokenizer.specials);
+    let (src, mask) = nmt::data::batch::source_tensor(&rows, tokenizer.specials, &device)?;
+    let memory = model.encode(&src, &mask, &mut Mode::Eval)?;
+    let len = 100.min(cfg.model.max_positions - 1);
+    let tokens = Tensor::new(vec![4u32; rows.len()].as_slice(), &device)?;
+    let mut cache = model.start_decoding(&memory)?;
+    let mut cached = vec![];
+    for _ in 0..len {
+        let s = Instant::now();
+        model.decode_step(&tokens, &mut cache, &mask)?;
+        cached.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("\nms per decoding step (batch {}), KV cache vs recomputing the prefix:", rows.len());
+    println!("{:>10} {:>12} {:>12}", "position", "cached", "uncached");
+    for pos in [1, 10, 25, 50, 75, 100].into_iter().filter(|&p| p <= len) {
+        let prefix = Tensor::new(vec![vec![4u32; pos]; rows.len()], &device)?;
+        let s = Instant::now();
+        model.logits(&model.decode(&prefix, &memory, &mask, &mut Mode::Eval)?)?;
+        let uncached = s.elapsed().as_secs_f64() * 1e3;
+        println!("{pos:>10} {:>12.2} {:>12.2}", cached[pos - 1], uncached);
+    }
+    Ok(())
+}
