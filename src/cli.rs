@@ -23,6 +23,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Parameter counts of a config, per component.
     Info(InfoArgs),
+    /// Average the weights of a run's last K checkpoints into a new checkpoint (paper §6.1).
+    Average(AverageArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,4 +189,17 @@ pub struct InfoArgs {
     /// Vocabulary size to count with (defaults to model.vocab_size).
     #[arg(long)]
     pub vocab: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct AverageArgs {
+    /// Run directory written by `nmt train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// How many of the newest checkpoints to average (the paper averages the last 5 or 20).
+    #[arg(long, default_value_t = 5)]
+    pub last: usize,
+    /// Where to write the averaged weights; defaults to <model>/checkpoints/average-last<K>.safetensors.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }

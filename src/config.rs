@@ -76,6 +76,17 @@ impl ModelConfig {
     }
 }
 
+/// Which validation number picks the best checkpoint and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BestMetric {
+    /// Validation loss, lower is better.
+    #[default]
+    Loss,
+    /// Validation BLEU (greedy), higher is better.
+    Bleu,
+}
+
 /// How to train (paper §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +121,21 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Seed for weight initialisation, dropout and batch order. Default 1.
     pub seed: u64,
+    /// Clip gradients to this global L2 norm; 0 turns clipping off (the paper does not clip). Default 0.
+    pub clip_norm: f64,
+    /// Accumulate gradients over this many batches per update, so that a small machine reaches the
+    /// paper's ~25k tokens per update. Default 1.
+    pub update_freq: usize,
+    /// Keep only the newest N step checkpoints (the best one is kept apart); 0 keeps all. Default 5.
+    pub keep_last: usize,
+    /// The validation metric that picks `checkpoints/best.safetensors`: "loss" or "bleu". Default "loss".
+    pub best_metric: BestMetric,
+    /// Stop after this many validations in a row without improving `best_metric`; 0 never stops early.
+    /// Default 0.
+    pub patience: usize,
+    /// Give up after this many updates in a row with a non-finite loss or gradient (each is skipped,
+    /// leaving the weights untouched). Default 10.
+    pub max_skipped_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -129,6 +155,12 @@ impl Default for TrainConfig {
             valid_bleu_sentences: 0,
             checkpoint_every: 1000,
             seed: 1,
+            clip_norm: 0.0,
+            update_freq: 1,
+            keep_last: 5,
+            best_metric: BestMetric::Loss,
+            patience: 0,
+            max_skipped_steps: 10,
         }
     }
 }
@@ -264,6 +296,15 @@ impl TrainConfig {
         }
         if t.checkpoint_every == 0 {
             bail!("train.checkpoint_every: must be at least 1");
+        }
+        if !(t.clip_norm >= 0.0 && t.clip_norm.is_finite()) {
+            bail!("train.clip_norm: must be 0 (off) or a positive number, got {}", t.clip_norm);
+        }
+        if t.update_freq == 0 {
+            bail!("train.update_freq: must be at least 1");
+        }
+        if t.max_skipped_steps == 0 {
+            bail!("train.max_skipped_steps: must be at least 1");
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! <run>/checkpoints/ckpt-<step>.safetensors        model weights
 //! <run>/checkpoints/ckpt-<step>.optim.safetensors  Adam's m and v
 //! <run>/checkpoints/ckpt-<step>.state.json         step, epoch, position in the epoch, RNG state
+//! <run>/checkpoints/best.safetensors, best.json    weights of the best validation, and its step
 //! ```
 
 use anyhow::{Context, Result};
@@ -53,6 +54,16 @@ impl RunDir {
     /// Training state at `step`.
     pub fn state(&self, step: usize) -> PathBuf {
         self.checkpoints().join(format!("ckpt-{step:08}.state.json"))
+    }
+
+    /// The weights of the best validation so far.
+    pub fn best_weights(&self) -> PathBuf {
+        self.checkpoints().join("best.safetensors")
+    }
+
+    /// Which step and value `best.safetensors` holds.
+    pub fn best_info(&self) -> PathBuf {
+        self.checkpoints().join("best.json")
     }
 
     /// Steps of every complete checkpoint (weights and state both present), ascending.

@@ -1,6 +1,7 @@
 //! One file per subcommand: glue between the CLI and the library. Only `cmd/` touches files and the
 //! terminal.
 
+mod average;
 mod eval;
 mod info;
 mod score;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Score(a) => score::run(a),
         Command::Info(a) => info::run(a),
+        Command::Average(a) => average::run(a),
     }
 }
 

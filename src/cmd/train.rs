@@ -10,7 +10,9 @@ use crate::model::{build, ParameterCounts};
 use crate::run_dir::{write_atomic, RunDir};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::optim::Adam;
-use crate::train::{Trainer, ValidSet};
+use crate::train::{StopReason, Trainer, ValidSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -143,8 +145,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             eprintln!("resuming from step {} (epoch {})", s.step, s.epoch + 1);
             s
         }
-        None => TrainState { step: 0, epoch: 0, cursor: 0, rng: Rng::seed(cfg.train.seed ^ 0x5EED) },
+        None => TrainState {
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            rng: Rng::seed(cfg.train.seed ^ 0x5EED),
+            best: Default::default(),
+        },
     };
+    if resume_step.is_some() {
+        trim_metrics(&run, state.step)?;
+    }
     let counts = ParameterCounts::from_store(&store);
     eprintln!(
         "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}",
@@ -166,15 +177,57 @@ pub fn run(args: TrainArgs) -> Result<()> {
         state,
         train,
         valid,
+        interrupt: interrupt_flag(),
     };
     let summary = trainer.run()?;
+    let how = match summary.reason {
+        StopReason::MaxSteps => "done",
+        StopReason::MaxEpochs => "done (train.max_epochs reached)",
+        StopReason::EarlyStopping => "stopped early (no improvement for train.patience validations)",
+        StopReason::Interrupted => "interrupted",
+    };
     eprintln!(
-        "done: {} steps, {} epochs in {:.0} s{}; model in {}",
+        "{how}: {} steps, {} epochs in {:.0} s{}{}; model in {}",
         summary.steps,
         summary.epochs,
         started.elapsed().as_secs_f64(),
         summary.last_valid_bleu.map(|b| format!(", last valid BLEU {b:.2}")).unwrap_or_default(),
+        match summary.skipped_updates {
+            0 => String::new(),
+            n => format!(", {n} updates skipped for non-finite values"),
+        },
         run.root.display()
     );
+    if summary.reason == StopReason::Interrupted {
+        eprintln!(
+            "checkpoint written at step {}; continue with: nmt train --out {} --resume",
+            summary.steps,
+            run.root.display()
+        );
+    }
     Ok(())
+}
+
+/// A flag that Ctrl-C (SIGINT) and SIGTERM set, so that training checkpoints and stops cleanly. A second
+/// signal is not caught specially: the flag is simply set again.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
+        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupt will stop training without a checkpoint");
+    }
+    flag
+}
+
+/// On resume, drops metrics lines written after the checkpoint (by a run that died later), so that
+/// metrics.jsonl reads as one uninterrupted run.
+fn trim_metrics(run: &RunDir, step: usize) -> Result<()> {
+    let path = run.metrics();
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(&path, kept.as_bytes())
 }

@@ -4,6 +4,7 @@
 //! Each file is written atomically; the state file is written last, and a checkpoint counts only once
 //! it exists, so a crash mid-save leaves the previous checkpoint as the latest one.
 
+use super::early_stop::BestTracker;
 use super::optim::Adam;
 use crate::model::init::{ParamStore, Rng};
 use crate::run_dir::{write_atomic, write_atomic_with, RunDir};
@@ -25,6 +26,8 @@ pub struct TrainState {
     pub cursor: usize,
     /// The dropout RNG.
     pub rng: Rng,
+    /// Best validation so far and the patience count.
+    pub best: BestTracker,
 }
 
 fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
@@ -32,13 +35,41 @@ fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     write_atomic_with(path, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))
 }
 
+fn create_dir(run: &RunDir) -> Result<()> {
+    std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("cannot create {}", run.checkpoints().display()))
+}
+
 /// Writes a complete checkpoint for `state.step`.
 pub fn save(run: &RunDir, store: &ParamStore, adam: &Adam, state: &TrainState) -> Result<()> {
-    std::fs::create_dir_all(run.checkpoints())
-        .with_context(|| format!("cannot create {}", run.checkpoints().display()))?;
+    create_dir(run)?;
     save_tensors(&run.weights(state.step), &store.tensors())?;
     save_tensors(&run.optimizer(state.step), &adam.state())?;
     write_atomic(&run.state(state.step), serde_json::to_string_pretty(state)?.as_bytes())
+}
+
+/// Writes the current weights as `checkpoints/best.safetensors`, with `best.json` naming its step.
+pub fn save_best(run: &RunDir, store: &ParamStore, step: usize, metric: &str, value: f64) -> Result<()> {
+    create_dir(run)?;
+    save_tensors(&run.best_weights(), &store.tensors())?;
+    let info = serde_json::json!({ "step": step, "metric": metric, "value": value });
+    write_atomic(&run.best_info(), serde_json::to_string_pretty(&info)?.as_bytes())
+}
+
+/// Deletes all but the newest `keep` complete checkpoints (0 keeps all). The state file goes first, so an
+/// interrupted deletion never leaves something that looks complete but is not.
+pub fn prune(run: &RunDir, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let steps = run.checkpoint_steps()?;
+    for &step in steps.iter().take(steps.len().saturating_sub(keep)) {
+        for path in [run.state(step), run.weights(step), run.optimizer(step)] {
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a safetensors file; a missing, truncated or corrupt file is an error naming it.

@@ -1,26 +1,35 @@
 //! Training (paper §5): batches by token count, label-smoothed loss, Adam with the warmup schedule,
 //! periodic validation (loss and greedy BLEU through the one scorer), checkpoints and metrics.
+//!
+//! Beyond the paper: gradient accumulation (`update_freq`), clipping by global norm (`clip_norm`),
+//! skipping of updates with a non-finite loss or gradient, the best checkpoint by a validation metric,
+//! early stopping, and a clean stop on Ctrl-C / SIGTERM that writes a checkpoint first.
 
 pub mod checkpoint;
+pub mod early_stop;
+pub mod gradients;
 pub mod log;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
 
-use crate::config::Config;
+use crate::config::{BestMetric, Config};
 use crate::data::batch::{epoch_order, make_batches, Batch, Example};
 use crate::data::tokenizer::Tokenizer;
 use crate::decode::{Search, Translator};
 use crate::eval::{teacher_forced_loss, ScoreReport};
-use crate::model::init::{Mode, ParamStore};
+use crate::model::init::ParamStore;
 use crate::model::Transformer;
 use crate::progress::Progress;
 use crate::run_dir::RunDir;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use checkpoint::TrainState;
+use early_stop::Verdict;
 use log::{MetricsLog, TrainLine, ValidLine};
 use optim::Adam;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The validation set: tokenized pairs for the loss, raw text for BLEU.
@@ -41,6 +50,26 @@ pub struct Trainer<'a> {
     pub state: TrainState,
     pub train: Vec<Example>,
     pub valid: Option<ValidSet>,
+    /// Set by a signal handler: finish the current update, checkpoint, stop.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    MaxSteps,
+    MaxEpochs,
+    EarlyStopping,
+    Interrupted,
+}
+
+/// What a finished run reports.
+pub struct Summary {
+    pub steps: usize,
+    pub epochs: usize,
+    pub last_valid_bleu: Option<f64>,
+    pub skipped_updates: usize,
+    pub reason: StopReason,
 }
 
 /// Running sums over one log interval.
@@ -53,33 +82,32 @@ struct Interval {
     start: Option<Instant>,
 }
 
-/// What a finished run reports.
-pub struct Summary {
-    pub steps: usize,
-    pub epochs: usize,
-    pub last_valid_bleu: Option<f64>,
+/// The batch order of the current epoch, recomputed only when the epoch changes.
+struct EpochOrder {
+    epoch: usize,
+    order: Vec<usize>,
 }
 
 impl Trainer<'_> {
-    /// One update on one batch; returns (smoothed loss sum, nll sum, target tokens).
-    fn step(&mut self, batch: &Batch) -> Result<(f64, f64, usize)> {
+    /// The next batch of the seeded order, moving to the next epoch at the end of one; None once
+    /// `max_epochs` is done.
+    fn next_batch(&mut self, batches: &[Vec<usize>], order: &mut Option<EpochOrder>) -> Option<usize> {
         let t = &self.cfg.train;
-        let mut mode = Mode::Train { rng: &mut self.state.rng };
-        let logits = self.model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut mode)?;
-        let l = loss::label_smoothed_cross_entropy(
-            &logits,
-            &batch.tgt_out,
-            self.tokenizer.specials.pad,
-            t.label_smoothing,
-        )?;
-        let loss_value = l.loss.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?;
-        if !loss_value.is_finite() {
-            bail!("loss became {loss_value} at step {}: lower train.lr_scale or check the data", self.state.step + 1);
+        loop {
+            if t.max_epochs > 0 && self.state.epoch >= t.max_epochs {
+                return None;
+            }
+            if order.as_ref().is_none_or(|o| o.epoch != self.state.epoch) {
+                *order = Some(EpochOrder { epoch: self.state.epoch, order: epoch_order(batches.len(), t.seed, self.state.epoch) });
+            }
+            let o = order.as_ref().map(|o| &o.order)?;
+            if let Some(&b) = o.get(self.state.cursor) {
+                self.state.cursor += 1;
+                return Some(b);
+            }
+            self.state.epoch += 1;
+            self.state.cursor = 0;
         }
-        let grads = l.loss.backward()?;
-        let lr = self.lr(self.state.step + 1);
-        self.adam.step(&grads, lr)?;
-        Ok((loss_value * l.tokens as f64, l.nll_sum, l.tokens))
     }
 
     fn lr(&self, step: usize) -> f64 {
@@ -87,67 +115,120 @@ impl Trainer<'_> {
         schedule::learning_rate(step, self.cfg.model.d_model, t.warmup_steps, t.lr_scale)
     }
 
-    /// Trains until `train.max_steps` (or `train.max_epochs`), then writes a final checkpoint.
+    /// One update over `batches`; false when it was skipped for a non-finite loss or gradient.
+    fn update(&mut self, batches: &[Batch], interval: &mut Interval) -> Result<bool> {
+        let t = &self.cfg.train;
+        let pad = self.tokenizer.specials.pad;
+        let mut g =
+            gradients::accumulate(self.model, self.adam.params(), batches, pad, t.label_smoothing, &mut self.state.rng)?;
+        let norm = match t.clip_norm {
+            0.0 => gradients::global_norm(&g.grads)?,
+            max => gradients::clip_by_global_norm(&mut g.grads, max)?,
+        };
+        if !norm.is_finite() || !g.loss_sum.is_finite() {
+            return Ok(false);
+        }
+        let lr = self.lr(self.state.step + 1);
+        self.adam.step_with(&g.grads, lr)?;
+        self.state.step += 1;
+        interval.loss_sum += g.loss_sum;
+        interval.nll_sum += g.nll_sum;
+        interval.tokens += g.tokens;
+        interval.src_tokens += g.src_tokens;
+        Ok(true)
+    }
+
+    /// Trains until `max_steps`, `max_epochs`, early stopping or an interrupt, then writes a final
+    /// checkpoint.
     pub fn run(&mut self) -> Result<Summary> {
         let t = self.cfg.train.clone();
         let batches = make_batches(&self.train, t.batch_tokens);
         let metrics = MetricsLog::new(&self.run.metrics());
         let progress = Progress::new(t.max_steps as u64, "steps");
+        progress.set_position(self.state.step as u64, String::new());
         let started = Instant::now();
-        let mut interval = Interval::default();
-        let mut last_valid_bleu = None;
-        let mut last_saved = None;
-        'epochs: while self.state.step < t.max_steps && (t.max_epochs == 0 || self.state.epoch < t.max_epochs) {
-            let order = epoch_order(batches.len(), t.seed, self.state.epoch);
-            while self.state.cursor < order.len() {
-                let idx = &batches[order[self.state.cursor]];
-                let examples: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
-                let batch = Batch::new(&examples, self.tokenizer.specials, &self.device)?;
-                interval.start.get_or_insert_with(Instant::now);
-                let (loss_sum, nll_sum, tokens) = self.step(&batch)?;
-                self.state.cursor += 1;
-                self.state.step += 1;
-                interval.loss_sum += loss_sum;
-                interval.nll_sum += nll_sum;
-                interval.tokens += tokens;
-                interval.src_tokens += batch.src_tokens;
-                let step = self.state.step;
-                if step.is_multiple_of(t.log_every) || step == t.max_steps {
-                    let line = self.train_line(&interval, started);
-                    let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
-                    progress.set_position(step as u64, msg.clone());
-                    if !progress.is_bar() {
-                        progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
+        let (mut interval, mut order) = (Interval::default(), None);
+        let (mut last_valid_bleu, mut last_saved) = (None, None);
+        let (mut skipped_in_a_row, mut skipped) = (0, 0);
+        let mut reason = StopReason::MaxSteps;
+        while self.state.step < t.max_steps {
+            let mut group = Vec::with_capacity(t.update_freq);
+            while group.len() < t.update_freq {
+                let Some(b) = self.next_batch(&batches, &mut order) else { break };
+                let examples: Vec<&Example> = batches[b].iter().map(|&i| &self.train[i]).collect();
+                group.push(Batch::new(&examples, self.tokenizer.specials, &self.device)?);
+            }
+            if group.is_empty() {
+                reason = StopReason::MaxEpochs;
+                break;
+            }
+            interval.start.get_or_insert_with(Instant::now);
+            if !self.update(&group, &mut interval)? {
+                skipped += 1;
+                skipped_in_a_row += 1;
+                progress.println(&format!("step {}: non-finite loss or gradient, update skipped", self.state.step + 1));
+                if skipped_in_a_row >= t.max_skipped_steps {
+                    bail!(
+                        "{skipped_in_a_row} updates in a row had a non-finite loss or gradient after step {}: stopped \
+                         without saving them (lower train.lr_scale, set train.clip_norm, or check the data)",
+                        self.state.step
+                    );
+                }
+                continue;
+            }
+            skipped_in_a_row = 0;
+            let step = self.state.step;
+            if step.is_multiple_of(t.log_every) || step == t.max_steps {
+                let line = self.train_line(&interval, started);
+                let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
+                progress.set_position(step as u64, msg.clone());
+                if !progress.is_bar() {
+                    progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
+                }
+                metrics.write(&line)?;
+                interval = Interval::default();
+            }
+            if t.valid_every > 0 && step.is_multiple_of(t.valid_every) {
+                if let Some(v) = self.validate(started)? {
+                    progress.println(&format!(
+                        "step {step}: valid loss {:.3} ppl {:.2} BLEU {:.2} chrF2 {:.2}",
+                        v.valid_loss, v.valid_ppl, v.valid_bleu, v.valid_chrf
+                    ));
+                    last_valid_bleu = Some(v.valid_bleu);
+                    metrics.write(&v)?;
+                    let (name, value) = match t.best_metric {
+                        BestMetric::Loss => ("loss", v.valid_loss),
+                        BestMetric::Bleu => ("bleu", v.valid_bleu),
+                    };
+                    match self.state.best.observe(t.best_metric, value, step, t.patience) {
+                        Verdict::Improved => checkpoint::save_best(&self.run, self.store, step, name, value)?,
+                        Verdict::NotImproved => {}
+                        Verdict::Stop => reason = StopReason::EarlyStopping,
                     }
-                    metrics.write(&line)?;
-                    interval = Interval::default();
-                }
-                if t.valid_every > 0 && step.is_multiple_of(t.valid_every) {
-                    if let Some(v) = self.validate(started)? {
-                        progress.println(&format!(
-                            "step {step}: valid loss {:.3} ppl {:.2} BLEU {:.2} chrF2 {:.2}",
-                            v.valid_loss, v.valid_ppl, v.valid_bleu, v.valid_chrf
-                        ));
-                        last_valid_bleu = Some(v.valid_bleu);
-                        metrics.write(&v)?;
-                    }
-                }
-                if step.is_multiple_of(t.checkpoint_every) {
-                    checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
-                    last_saved = Some(step);
-                }
-                if step >= t.max_steps {
-                    break 'epochs;
                 }
             }
-            self.state.epoch += 1;
-            self.state.cursor = 0;
+            let interrupted = self.interrupt.load(Ordering::SeqCst);
+            if interrupted {
+                reason = StopReason::Interrupted;
+            }
+            if step.is_multiple_of(t.checkpoint_every) || interrupted || reason == StopReason::EarlyStopping {
+                self.save()?;
+                last_saved = Some(step);
+            }
+            if reason != StopReason::MaxSteps {
+                break;
+            }
         }
         progress.finish();
         if last_saved != Some(self.state.step) {
-            checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
+            self.save()?;
         }
-        Ok(Summary { steps: self.state.step, epochs: self.state.epoch, last_valid_bleu })
+        Ok(Summary { steps: self.state.step, epochs: self.state.epoch, last_valid_bleu, skipped_updates: skipped, reason })
+    }
+
+    fn save(&self) -> Result<()> {
+        checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
+        checkpoint::prune(&self.run, self.cfg.train.keep_last)
     }
 
     fn train_line(&self, iv: &Interval, started: Instant) -> TrainLine {

@@ -26,13 +26,25 @@ impl Adam {
         Ok(Self { params, m, v, beta1, beta2, eps, t: 0 })
     }
 
-    /// One update with learning rate `lr`. A parameter without a gradient is left unchanged.
+    /// The parameters, in the order [`Self::step_with`] expects their gradients.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update with learning rate `lr` from a backward pass. A parameter without a gradient is left
+    /// unchanged.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let grads: Vec<Option<Tensor>> = self.params.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+        self.step_with(&grads, lr)
+    }
+
+    /// One update from gradients given in [`Self::params`] order.
+    pub fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, (_, var)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = &grads[i] else { continue };
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let m_hat = (&m / bc1)?;
