@@ -42,7 +42,8 @@ pub fn run(args: AverageArgs) -> Result<()> {
         .into_iter()
         .map(|(k, v)| Ok((k, (v / args.last as f64)?.to_dtype(candle_core::DType::F32)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    let output = args.output.unwrap_or_else(|| run.checkpoints().join(format!("average-last{}.safetensors", args.last)));
+    let output =
+        args.output.unwrap_or_else(|| run.checkpoints().join(format!("average-last{}.safetensors", args.last)));
     write_atomic_with(&output, |tmp| Ok(candle_core::safetensors::save(&mean, tmp)?))?;
     eprintln!("averaged steps {:?} into {}", chosen, output.display());
     Ok(())

@@ -11,10 +11,10 @@ use crate::run_dir::{write_atomic, RunDir};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::optim::Adam;
 use crate::train::{StopReason, Trainer, ValidSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Config file + flags → a validated config (flags win).
@@ -226,7 +226,12 @@ fn trim_metrics(run: &RunDir, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     write_atomic(&path, kept.as_bytes())

@@ -32,7 +32,8 @@ pub fn accumulate(
     label_smoothing: f64,
     rng: &mut Rng,
 ) -> Result<UpdateGradients> {
-    let mut out = UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };
+    let mut out =
+        UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };
     for batch in batches {
         let logits = model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng })?;
         let l = label_smoothed_cross_entropy(&logits, &batch.tgt_out, pad, label_smoothing)?;

@@ -98,7 +98,10 @@ impl Trainer<'_> {
                 return None;
             }
             if order.as_ref().is_none_or(|o| o.epoch != self.state.epoch) {
-                *order = Some(EpochOrder { epoch: self.state.epoch, order: epoch_order(batches.len(), t.seed, self.state.epoch) });
+                *order = Some(EpochOrder {
+                    epoch: self.state.epoch,
+                    order: epoch_order(batches.len(), t.seed, self.state.epoch),
+                });
             }
             let o = order.as_ref().map(|o| &o.order)?;
             if let Some(&b) = o.get(self.state.cursor) {
@@ -119,8 +122,14 @@ impl Trainer<'_> {
     fn update(&mut self, batches: &[Batch], interval: &mut Interval) -> Result<bool> {
         let t = &self.cfg.train;
         let pad = self.tokenizer.specials.pad;
-        let mut g =
-            gradients::accumulate(self.model, self.adam.params(), batches, pad, t.label_smoothing, &mut self.state.rng)?;
+        let mut g = gradients::accumulate(
+            self.model,
+            self.adam.params(),
+            batches,
+            pad,
+            t.label_smoothing,
+            &mut self.state.rng,
+        )?;
         let norm = match t.clip_norm {
             0.0 => gradients::global_norm(&g.grads)?,
             max => gradients::clip_by_global_norm(&mut g.grads, max)?,
@@ -223,7 +232,13 @@ impl Trainer<'_> {
         if last_saved != Some(self.state.step) {
             self.save()?;
         }
-        Ok(Summary { steps: self.state.step, epochs: self.state.epoch, last_valid_bleu, skipped_updates: skipped, reason })
+        Ok(Summary {
+            steps: self.state.step,
+            epochs: self.state.epoch,
+            last_valid_bleu,
+            skipped_updates: skipped,
+            reason,
+        })
     }
 
     fn save(&self) -> Result<()> {

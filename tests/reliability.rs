@@ -1,0 +1,205 @@
+//! Training you can trust: exact resume after SIGKILL, a clean stop on SIGINT, checkpoints that survive
+//! a kill in the middle of saving, pruning, the best checkpoint, averaging.
+
+mod common;
+use common::{tiny_config_json, Dir};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A config whose steps take long enough to be interrupted, with a loss line every step.
+fn config(d: &Dir, name: &str, extra_train: &str) {
+    let cfg = tiny_config_json(100_000)
+        .replace("\"d_model\": 16, \"d_ff\": 32", "\"d_model\": 32, \"d_ff\": 64")
+        .replace("\"log_every\": 2", "\"log_every\": 1")
+        .replace("\"valid_every\": 3", "\"valid_every\": 0")
+        .replace("\"checkpoint_every\": 3", &format!("\"checkpoint_every\": 4{extra_train}"));
+    d.write(name, cfg);
+}
+
+fn spawn(d: &Dir, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_nmt"))
+        .args(args)
+        .current_dir(d.tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "training ended before {} appeared", path.display());
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {}", path.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// (step, loss, nll) of every train line.
+fn losses(d: &Dir, run: &str) -> Vec<(u64, f64, f64)> {
+    let text = std::fs::read_to_string(d.path(&format!("{run}/metrics.jsonl"))).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["nll"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn resume_after_sigkill_reproduces_the_uninterrupted_run_bit_for_bit() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 5);
+    config(&d, "c.json", "");
+    let total = "40";
+    d.nmt(&["train", "--config", "c.json", "--out", "straight", "--max-steps", total], None).ok();
+    let mut child = spawn(&d, &["train", "--config", "c.json", "--out", "killed"]);
+    wait_for(&d.path("killed/checkpoints/ckpt-00000008.state.json"), &mut child);
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    let resumed = d.nmt(&["train", "--out", "killed", "--resume", "--max-steps", total], None).ok();
+    let from: u64 =
+        resumed.stderr.split("resuming from step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((8..40).contains(&from), "resumed from step {from}: the kill came too late to test anything");
+    let (a, b) = (losses(&d, "straight"), losses(&d, "killed"));
+    assert_eq!(a.len(), 40);
+    assert_eq!(a, b, "losses after resuming from step {from} differ from the uninterrupted run");
+    let wa = std::fs::read(d.path("straight/checkpoints/ckpt-00000040.safetensors")).unwrap();
+    let wb = std::fs::read(d.path("killed/checkpoints/ckpt-00000040.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ");
+}
+
+#[test]
+fn sigint_and_sigterm_checkpoint_and_exit_zero() {
+    for sig in ["-INT", "-TERM"] {
+        let d = Dir::new();
+        d.demo("train", 300);
+        d.demo("valid", 5);
+        config(&d, "c.json", "");
+        let mut child = spawn(&d, &["train", "--config", "c.json", "--out", "run"]);
+        wait_for(&d.path("run/checkpoints/ckpt-00000004.state.json"), &mut child);
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{sig}: {stderr}");
+        assert!(stderr.contains("interrupted") && stderr.contains("--resume"), "{sig}: {stderr}");
+        let step: usize =
+            stderr.split("checkpoint written at step ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+        assert!(
+            d.path(&format!("run/checkpoints/ckpt-{step:08}.state.json")).is_file(),
+            "{sig}: no checkpoint at {step}"
+        );
+        let next = (step + 2).to_string();
+        let out = d.nmt(&["train", "--out", "run", "--resume", "--max-steps", &next], None).ok();
+        assert!(out.stderr.contains(&format!("resuming from step {step}")), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_kill_at_any_moment_leaves_a_loadable_latest_checkpoint() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 5);
+    config(&d, "c.json", ", \"keep_last\": 2");
+    let cfg = std::fs::read_to_string(d.path("c.json"))
+        .unwrap()
+        .replace("\"checkpoint_every\": 4", "\"checkpoint_every\": 1");
+    d.write("c.json", cfg);
+    for (round, delay_ms) in [3u64, 17, 29, 41, 53, 67, 79, 97].into_iter().enumerate() {
+        let args: Vec<String> = if round == 0 {
+            ["train", "--config", "c.json", "--out", "run"].map(String::from).to_vec()
+        } else {
+            ["train", "--out", "run", "--resume", "--max-steps", "100000"].map(String::from).to_vec()
+        };
+        let mut child = spawn(&d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        if round == 0 {
+            wait_for(&d.path("run/checkpoints/ckpt-00000001.state.json"), &mut child);
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        signal(&child, "-KILL");
+        child.wait().unwrap();
+        // Whatever was being written, the newest complete checkpoint loads.
+        d.nmt(&["translate", "--model", "run", "--beam", "1", "The dog sees the cat."], None).ok();
+    }
+    let steps: Vec<_> = std::fs::read_dir(d.path("run/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".state.json"))
+        .collect();
+    assert!(steps.len() <= 3, "keep_last 2 (plus one being written) exceeded: {steps:?}");
+}
+
+#[test]
+fn keep_last_best_checkpoint_and_average() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 5);
+    let cfg = tiny_config_json(8)
+        .replace("\"checkpoint_every\": 3", "\"checkpoint_every\": 1, \"keep_last\": 3")
+        .replace("\"valid_every\": 3", "\"valid_every\": 2");
+    d.write("c.json", cfg);
+    d.nmt(&["train", "--config", "c.json", "--out", "run"], None).ok();
+    let mut names: Vec<String> = std::fs::read_dir(d.path("run/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let expected_steps = ["ckpt-00000006", "ckpt-00000007", "ckpt-00000008"];
+    for s in expected_steps {
+        for suffix in [".safetensors", ".optim.safetensors", ".state.json"] {
+            assert!(names.contains(&format!("{s}{suffix}")), "{s}{suffix} missing from {names:?}");
+        }
+    }
+    assert!(!names.iter().any(|n| n.starts_with("ckpt-00000005")), "{names:?}");
+    assert!(names.contains(&"best.safetensors".to_string()) && names.contains(&"best.json".to_string()));
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path("run/checkpoints/best.json")).unwrap()).unwrap();
+    let metrics = std::fs::read_to_string(d.path("run/metrics.jsonl")).unwrap();
+    let valid: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "valid")
+        .map(|v| (v["step"].as_u64().unwrap(), v["valid_loss"].as_f64().unwrap()))
+        .collect();
+    let lowest = valid.iter().cloned().fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+    assert_eq!(best["step"].as_u64().unwrap(), lowest.0, "best.json should name the lowest valid loss: {valid:?}");
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "run/checkpoints/best.safetensors", "A dog."], None).ok();
+    d.nmt(&["average", "--model", "run", "--last", "3"], None).ok();
+    let avg = d.path("run/checkpoints/average-last3.safetensors");
+    assert!(avg.is_file());
+    d.nmt(&["translate", "--model", "run", "--checkpoint", avg.to_str().unwrap(), "A dog."], None).ok();
+    d.nmt(&["average", "--model", "run", "--last", "4"], None).fails_with(&["holds 3 checkpoint(s)", "--last 4"]);
+    // The average of one checkpoint is that checkpoint.
+    d.nmt(&["average", "--model", "run", "--last", "1", "--output", "one.safetensors"], None).ok();
+    let a = candle_core::safetensors::load(d.path("one.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let b =
+        candle_core::safetensors::load(d.path("run/checkpoints/ckpt-00000008.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    for (k, t) in &a {
+        let diff = (t - &b[k]).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "{k}");
+    }
+}
+
+#[test]
+fn truncated_checkpoint_and_unwritable_output_are_clear_errors() {
+    let d = Dir::new();
+    d.trained();
+    let full = std::fs::read(d.path("run/checkpoints/ckpt-00000006.safetensors")).unwrap();
+    d.write("cut.safetensors", &full[..full.len() / 2]);
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "cut.safetensors", "hi"], None)
+        .fails_with(&["cut.safetensors", "not a readable safetensors file"]);
+    d.write("afile", "x");
+    d.nmt(&["train", "--config", "tiny.json", "--out", "afile/run"], None).fails_with(&["afile/run"]);
+    std::fs::create_dir_all(d.path("adir")).unwrap();
+    d.nmt(&["train", "--config", "tiny.json", "--out", "x", "--train-src", "adir"], None)
+        .fails_with(&["adir", "not a file"]);
+    d.nmt(&["score", "--ref", "adir", "--hyp", "afile"], None).fails_with(&["adir", "directory"]);
+}
