@@ -102,11 +102,34 @@ pub struct SearchFlags {
     /// Length-penalty exponent α of ((5 + |Y|) / 6)^α.
     #[arg(long, default_value_t = 0.6)]
     pub alpha: f64,
+    /// Sample each token instead of searching (for back-translation); --beam is then ignored.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature (with --sample).
+    #[arg(long, default_value_t = 1.0, requires = "sample")]
+    pub temperature: f64,
+    /// Sample among the k most probable tokens only; 0 means all (with --sample).
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    pub top_k: usize,
+    /// Seed of the sampling RNG (with --sample).
+    #[arg(long, default_value_t = 1, requires = "sample")]
+    pub sample_seed: u64,
 }
 
 impl SearchFlags {
-    pub fn search(&self, nbest: usize) -> crate::decode::Search {
-        crate::decode::Search::from_flags(self.beam, self.alpha, nbest)
+    pub fn search(&self, nbest: usize) -> anyhow::Result<crate::decode::Search> {
+        if self.sample {
+            if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+                anyhow::bail!("--temperature must be a positive number, got {}", self.temperature);
+            }
+            let s = crate::decode::sample::SampleSettings {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                seed: self.sample_seed,
+            };
+            return Ok(crate::decode::Search::Sample(s));
+        }
+        Ok(crate::decode::Search::from_flags(self.beam, self.alpha, nbest))
     }
 }
 
@@ -118,7 +141,7 @@ pub struct TranslateArgs {
     pub search: SearchFlags,
     /// Print the K best hypotheses per input as `INDEX ||| TRANSLATION ||| SCORE` lines (Moses n-best
     /// format; INDEX counts inputs from 0; SCORE is the length-normalised log-probability). K ≤ --beam.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sample")]
     pub nbest: Option<usize>,
     /// Read sentences from this file instead of stdin.
     #[arg(long, conflicts_with = "text")]

@@ -141,3 +141,34 @@ fn info_prints_parameter_counts() {
         out.stdout
     );
 }
+
+#[test]
+fn beam_nbest_and_sampling_flags() {
+    let d = Dir::new();
+    d.trained();
+    let input = "The dog sees the cat.\nTwo men like the car.\n";
+    let greedy = d.nmt(&["translate", "--model", "run", "--beam", "1"], Some(input)).ok();
+    let top1 = d.nmt(&["translate", "--model", "run", "--sample", "--top-k", "1"], Some(input)).ok();
+    assert_eq!(top1.stdout, greedy.stdout, "top-1 sampling is greedy search");
+    let a = d.nmt(&["translate", "--model", "run", "--sample", "--sample-seed", "5"], Some(input)).ok();
+    let b = d.nmt(&["translate", "--model", "run", "--sample", "--sample-seed", "5"], Some(input)).ok();
+    assert_eq!(a.stdout, b.stdout, "same seed, same samples");
+    assert_eq!(a.stdout.lines().count(), 2);
+    let nbest = d.nmt(&["translate", "--model", "run", "--beam", "3", "--nbest", "3"], Some(input)).ok();
+    let lines: Vec<&str> = nbest.stdout.lines().collect();
+    assert!(!lines.is_empty() && lines.len() <= 6, "{}", nbest.stdout);
+    let mut last: Option<(usize, f64)> = None;
+    for l in &lines {
+        let parts: Vec<&str> = l.split(" ||| ").collect();
+        assert_eq!(parts.len(), 3, "{l}");
+        let (i, score): (usize, f64) = (parts[0].parse().unwrap(), parts[2].parse().unwrap());
+        if let Some((pi, ps)) = last {
+            assert!(i > pi || (i == pi && score <= ps), "n-best lines out of order: {l}");
+        }
+        last = Some((i, score));
+    }
+    d.nmt(&["translate", "--model", "run", "--beam", "2", "--nbest", "3", "x"], None)
+        .fails_with(&["--nbest 3", "--beam 2"]);
+    let beam4 = d.nmt(&["translate", "--model", "run"], Some(input)).ok();
+    assert_eq!(beam4.stdout.lines().count(), 2);
+}

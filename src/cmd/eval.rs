@@ -28,7 +28,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device: m.device.clone(),
         max_positions: m.cfg.model.max_positions,
         batch_size: args.model.batch_size,
-        search: args.search.search(1),
+        search: args.search.search(1)?,
     };
     let srcs: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();

@@ -34,7 +34,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         device: m.device.clone(),
         max_positions: m.cfg.model.max_positions,
         batch_size: args.model.batch_size,
-        search: args.search.search(args.nbest.unwrap_or(1)),
+        search: args.search.search(args.nbest.unwrap_or(1))?,
     };
     let progress = Progress::new(lines.len() as u64, "sentences");
     let nbest = translator.translate_nbest(&lines, |n| progress.inc(n as u64))?;

@@ -7,6 +7,7 @@
 
 pub mod beam;
 pub mod greedy;
+pub mod sample;
 
 use crate::data::tokenizer::Tokenizer;
 use crate::model::Transformer;
@@ -30,11 +31,12 @@ impl Hypothesis {
     }
 }
 
-/// How to search for the best output.
+/// How to search for the best output (or, with `Sample`, draw a random one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Search {
     Greedy,
     Beam(BeamSettings),
+    Sample(sample::SampleSettings),
 }
 
 impl Search {
@@ -64,6 +66,10 @@ impl Translator<'_> {
     pub fn translate_ids(&self, inputs: &[Vec<u32>], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<Hypothesis>>> {
         let mut outputs = vec![vec![Hypothesis::new(vec![], 0.0, 0.0)]; inputs.len()];
         let max_src = self.max_positions - 1; // room for eos
+        let mut rng = match self.search {
+            Search::Sample(s) => crate::model::init::Rng::seed(s.seed),
+            _ => crate::model::init::Rng::seed(0),
+        };
         let mut order: Vec<usize> = (0..inputs.len()).filter(|&i| !inputs[i].is_empty()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
         for chunk in order.chunks(self.batch_size.max(1)) {
@@ -72,6 +78,9 @@ impl Translator<'_> {
             let nbest = match self.search {
                 Search::Greedy => greedy::greedy(m, &srcs, sp, mp, dev)?.into_iter().map(|h| vec![h]).collect(),
                 Search::Beam(s) => beam::beam_search(m, &srcs, sp, mp, dev, s)?,
+                Search::Sample(s) => {
+                    sample::sample(m, &srcs, sp, mp, dev, s, &mut rng)?.into_iter().map(|h| vec![h]).collect()
+                }
             };
             for (&i, h) in chunk.iter().zip(nbest) {
                 outputs[i] = h;

@@ -1,0 +1,118 @@
+//! Sampling instead of search, for back-translation (Edunov et al., 2018): at every step draw the next
+//! token from softmax(logits / temperature), optionally restricted to the k most probable tokens.
+//! Draws come from the run's seeded RNG, so the same seed gives the same samples.
+
+use super::greedy::max_output_len;
+use super::Hypothesis;
+use crate::data::batch::{source_rows, source_tensor};
+use crate::data::tokenizer::Specials;
+use crate::model::init::{Mode, Rng};
+use crate::model::Transformer;
+use candle_core::{DType, Device, Result, Tensor, D};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleSettings {
+    /// Divides the logits; below 1 sharpens the distribution, above 1 flattens it.
+    pub temperature: f64,
+    /// Sample among the k most probable tokens only; 0 means all.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+/// Draws one token index from unnormalised log-weights, keeping the `top_k` largest (0: all).
+pub fn draw(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> usize {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    if top_k > 0 && top_k < idx.len() {
+        idx.select_nth_unstable_by(top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(top_k);
+    }
+    let max = idx.iter().map(|&i| logits[i] as f64).fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / temperature).exp()).collect();
+    let mut u = rng.uniform() as f64 * weights.iter().sum::<f64>();
+    for (w, &i) in weights.iter().zip(&idx) {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    idx[idx.len() - 1]
+}
+
+/// Samples one output per source (ids without specials), decoding with the KV cache.
+pub fn sample(
+    model: &Transformer,
+    srcs: &[&[u32]],
+    sp: Specials,
+    max_positions: usize,
+    device: &Device,
+    s: SampleSettings,
+    rng: &mut Rng,
+) -> Result<Vec<Hypothesis>> {
+    let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
+    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?;
+    let mut cache = model.start_decoding(&memory)?;
+    let limits: Vec<usize> = srcs.iter().map(|x| max_output_len(x.len(), max_positions)).collect();
+    let mut out: Vec<Vec<u32>> = vec![vec![]; srcs.len()];
+    let mut log_prob = vec![0.0; srcs.len()];
+    let mut done = vec![false; srcs.len()];
+    let mut feed = vec![sp.bos; srcs.len()];
+    for step in 0..limits.iter().copied().max().unwrap_or(0) {
+        let logits = model.decode_step(&Tensor::new(feed.as_slice(), device)?, &mut cache, &src_mask)?;
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let raw = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        for b in 0..srcs.len() {
+            if done[b] {
+                feed[b] = sp.pad;
+                continue;
+            }
+            let tok = draw(&raw[b], s.temperature, s.top_k, rng) as u32;
+            log_prob[b] += lp[b][tok as usize] as f64;
+            feed[b] = tok;
+            if tok == sp.eos {
+                done[b] = true;
+            } else {
+                out[b].push(tok);
+                done[b] = step + 1 >= limits[b];
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+    }
+    Ok(out.into_iter().zip(log_prob).map(|(t, lp)| Hypothesis::new(t, lp, 0.0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_follow_the_tempered_distribution() {
+        let logits = [0.0f32, (2.0f32).ln(), f32::NEG_INFINITY, (5.0f32).ln()];
+        let mut rng = Rng::seed(3);
+        let mut counts = [0usize; 4];
+        for _ in 0..40_000 {
+            counts[draw(&logits, 1.0, 0, &mut rng)] += 1;
+        }
+        let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / 40_000.0).collect();
+        for (f, p) in freq.iter().zip([1.0 / 8.0, 2.0 / 8.0, 0.0, 5.0 / 8.0]) {
+            assert!((f - p).abs() < 0.01, "{freq:?}");
+        }
+        // Temperature 0.5 squares the weights: 1 : 4 : 0 : 25.
+        let mut counts = [0usize; 4];
+        for _ in 0..40_000 {
+            counts[draw(&logits, 0.5, 0, &mut rng)] += 1;
+        }
+        assert!((counts[3] as f64 / 40_000.0 - 25.0 / 30.0).abs() < 0.01, "{counts:?}");
+    }
+
+    #[test]
+    fn top_k_keeps_only_the_k_most_probable() {
+        let logits = [3.0f32, 1.0, 2.0, 0.5];
+        let mut rng = Rng::seed(4);
+        for _ in 0..2000 {
+            assert!([0, 2].contains(&draw(&logits, 1.0, 2, &mut rng)));
+            assert_eq!(draw(&logits, 1.0, 1, &mut rng), 0, "top-1 sampling is greedy");
+        }
+    }
+}
