@@ -4,7 +4,6 @@ use super::{load_model, print_lines};
 use crate::cli::EvalArgs;
 use crate::data::batch::Example;
 use crate::data::corpus::read_pairs;
-use crate::decode::Translator;
 use crate::eval::{teacher_forced_loss, ScoreReport};
 use crate::progress::Progress;
 use crate::run_dir::write_atomic;
@@ -22,14 +21,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         examples.push(Example { src, tgt });
     }
     let loss = teacher_forced_loss(&m.model, &examples, m.tokenizer.specials, m.cfg.train.batch_tokens, &m.device)?;
-    let translator = Translator {
-        model: &m.model,
-        tokenizer: &m.tokenizer,
-        device: m.device.clone(),
-        max_positions: m.cfg.model.max_positions,
-        batch_size: args.model.batch_size,
-        search: args.search.search(1)?,
-    };
+    let translator = m.translator(args.model.batch_size, args.search.search(1)?);
     let srcs: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
     let progress = Progress::new(srcs.len() as u64, "sentences");

@@ -48,6 +48,20 @@ pub(crate) struct Loaded {
     pub device: Device,
 }
 
+impl Loaded {
+    /// A translator over this model.
+    pub fn translator(&self, batch_size: usize, search: crate::decode::Search) -> crate::decode::Translator<'_> {
+        crate::decode::Translator {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            device: self.device.clone(),
+            max_positions: self.cfg.model.max_positions,
+            batch_size,
+            search,
+        }
+    }
+}
+
 /// Loads config.json, tokenizer.json and a checkpoint (the latest unless `--checkpoint`).
 pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
     let run = RunDir::new(&flags.model);

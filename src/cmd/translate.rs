@@ -3,7 +3,6 @@
 use super::{load_model, print_lines};
 use crate::cli::TranslateArgs;
 use crate::data::corpus::read_lines;
-use crate::decode::Translator;
 use crate::progress::Progress;
 use anyhow::{Context, Result};
 use std::io::BufRead;
@@ -28,14 +27,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         lines
     };
     let m = load_model(&args.model)?;
-    let translator = Translator {
-        model: &m.model,
-        tokenizer: &m.tokenizer,
-        device: m.device.clone(),
-        max_positions: m.cfg.model.max_positions,
-        batch_size: args.model.batch_size,
-        search: args.search.search(args.nbest.unwrap_or(1))?,
-    };
+    let translator = m.translator(args.model.batch_size, args.search.search(args.nbest.unwrap_or(1))?);
     let progress = Progress::new(lines.len() as u64, "sentences");
     let nbest = translator.translate_nbest(&lines, |n| progress.inc(n as u64))?;
     progress.finish();

@@ -9,11 +9,9 @@
 //! log-probability only falls and its length penalty is at most lp(limit). Finished sentences leave the
 //! batch, so they stop costing work.
 
-use super::greedy::max_output_len;
+use super::greedy::{encode_sources, max_output_len};
 use super::Hypothesis;
-use crate::data::batch::{source_rows, source_tensor};
 use crate::data::tokenizer::Specials;
-use crate::model::init::Mode;
 use crate::model::Transformer;
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -107,8 +105,7 @@ pub fn beam_search(
     s: BeamSettings,
 ) -> Result<Vec<Vec<Hypothesis>>> {
     let (k, nbest) = (s.beam.max(1), s.nbest.clamp(1, s.beam.max(1)));
-    let (src, mut src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
-    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?; // (batch, src_len, d_model)
+    let (memory, mut src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut cache = model.start_decoding(&memory)?;
     let mut sentences: Vec<Sentence> = srcs
         .iter()

@@ -62,6 +62,18 @@ impl Rows {
     }
 }
 
+/// Encodes a batch of sources (ids without specials): (memory, src_mask).
+pub(crate) fn encode_sources(
+    model: &Transformer,
+    srcs: &[&[u32]],
+    sp: Specials,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
+    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?; // (batch, src_len, d_model)
+    Ok((memory, src_mask))
+}
+
 /// Greedy-decodes a batch of sources (ids without specials) with the KV cache.
 pub fn greedy(
     model: &Transformer,
@@ -70,8 +82,7 @@ pub fn greedy(
     max_positions: usize,
     device: &Device,
 ) -> Result<Vec<Hypothesis>> {
-    let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
-    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?; // (batch, src_len, d_model)
+    let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut cache = model.start_decoding(&memory)?;
     let mut rows = Rows::new(srcs, max_positions);
     let mut feed = vec![sp.bos; srcs.len()];
@@ -94,8 +105,7 @@ pub fn greedy_uncached(
     max_positions: usize,
     device: &Device,
 ) -> Result<Vec<Hypothesis>> {
-    let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
-    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?;
+    let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut rows = Rows::new(srcs, max_positions);
     let mut prefix: Vec<Vec<u32>> = vec![vec![sp.bos]; srcs.len()];
     for step in 0..rows.longest() {

@@ -2,11 +2,10 @@
 //! token from softmax(logits / temperature), optionally restricted to the k most probable tokens.
 //! Draws come from the run's seeded RNG, so the same seed gives the same samples.
 
-use super::greedy::max_output_len;
+use super::greedy::{encode_sources, max_output_len};
 use super::Hypothesis;
-use crate::data::batch::{source_rows, source_tensor};
 use crate::data::tokenizer::Specials;
-use crate::model::init::{Mode, Rng};
+use crate::model::init::Rng;
 use crate::model::Transformer;
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -48,8 +47,7 @@ pub fn sample(
     s: SampleSettings,
     rng: &mut Rng,
 ) -> Result<Vec<Hypothesis>> {
-    let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, device)?;
-    let memory = model.encode(&src, &src_mask, &mut Mode::Eval)?;
+    let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut cache = model.start_decoding(&memory)?;
     let limits: Vec<usize> = srcs.iter().map(|x| max_output_len(x.len(), max_positions)).collect();
     let mut out: Vec<Vec<u32>> = vec![vec![]; srcs.len()];
