@@ -41,16 +41,20 @@ def perturb(rng, line, strength):
     return " ".join(out)
 
 
-def case(name, hyps, refs, tokenize="13a", lowercase=False):
-    bleu_metric = BLEU(tokenize=tokenize, lowercase=lowercase)
-    bleu = bleu_metric.corpus_score(hyps, refs)
+def case(name, hyps, refs, tokenize="13a", lowercase=False, sentence_level=False):
+    bleu_metric = BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=sentence_level)
+    if sentence_level:  # as sacrebleu.sentence_bleu: one hypothesis, effective order
+        bleu = bleu_metric.sentence_score(hyps[0], [r[0] for r in refs])
+    else:
+        bleu = bleu_metric.corpus_score(hyps, refs)
     chrf = CHRF(lowercase=lowercase).corpus_score(hyps, refs)
     tok13a = Tokenizer13a()
     # what the metric's own preprocessing produces (lowercasing, rstrip, then the tokenizer)
     tok = [bleu_metric._preprocess_segment(h) for h in hyps]
     return {"name": name, "hyps": hyps, "refs": refs, "bleu": bleu.score, "chrf": chrf.score,
             "bleu_line": str(bleu), "tok_13a": [tok13a(h) for h in hyps], "tokenize": tokenize,
-            "lowercase": lowercase, "tok": tok, "signature": str(bleu_metric.get_signature())}
+            "lowercase": lowercase, "tok": tok, "signature": str(bleu_metric.get_signature()),
+            "sentence_level": sentence_level}
 
 
 def main():
@@ -94,10 +98,14 @@ def main():
         for lowercase in [False, True]:
             cases.append(case(f"tokenize {tokenize}, lowercase {lowercase}", mixed, mixed_refs, tokenize, lowercase))
     cases.append(case("intl on German", [perturb(rng, l, 0.2) for l in de[:30]], [de[:30]], "intl"))
-    # Sentence-level BLEU as sacreBLEU computes corpus BLEU over one sentence.
+    # Corpus BLEU of a one-sentence corpus, and sentence-level BLEU (effective order), as sacrebleu.sentence_bleu.
     for i in range(5):
         h = perturb(rng, de[i], 0.3)
-        cases.append(case(f"sentence {i}", [h], [[de[i]]]))
+        cases.append(case(f"one-sentence corpus {i}", [h], [[de[i]]]))
+        cases.append(case(f"sentence-level {i}", [h], [[de[i]]], sentence_level=True))
+    for h, r in [("Hund", "Hund"), ("Der Hund", "Der Hund läuft"), ("Ein kleiner Hund", "Der kleine Hund"),
+                 ("", "Hund"), ("a b c d e", "a b c d e f")]:
+        cases.append(case(f"sentence-level short: {h!r}", [h], [[r]], sentence_level=True))
     path = os.path.join(ROOT, "tests", "fixtures", "sacrebleu.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"sacrebleu_version": sacrebleu.__version__, "cases": cases}, f, ensure_ascii=False, indent=1)

@@ -197,6 +197,10 @@ pub struct ScoreArgs {
     /// Hypotheses; stdin when absent.
     #[arg(long)]
     pub hyp: Option<PathBuf>,
+    /// One score per sentence (BLEU with effective order, as sacreBLEU's sentence_bleu) instead of the
+    /// corpus score.
+    #[arg(long)]
+    pub sentence_level: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

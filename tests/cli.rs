@@ -110,6 +110,63 @@ fn score_reads_stdin_and_several_references() {
 }
 
 #[test]
+fn sentence_level_scores_one_line_per_sentence() {
+    let d = Dir::new();
+    d.write("ref.txt", "Der Hund sieht die Katze.\nZwei Männer mögen das Auto.\n");
+    let hyp = "Der Hund sieht die Katze.\nZwei Frauen mögen ein Auto.\n";
+    let out = d.nmt(&["score", "--ref", "ref.txt", "--sentence-level", "--json"], Some(hyp)).ok();
+    let v: Vec<serde_json::Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(v.len(), 2);
+    assert!((v[0]["bleu"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    assert!(v[1]["bleu"].as_f64().unwrap() < 100.0);
+    let text = d.nmt(&["score", "--ref", "ref.txt", "--sentence-level"], Some(hyp)).ok();
+    assert!(text.stdout.lines().last().unwrap().contains("|eff:yes|"), "{}", text.stdout);
+}
+
+#[test]
+fn validation_eval_and_score_report_the_same_bleu() {
+    let d = Dir::new();
+    d.trained(); // validates greedy BLEU on the first 5 valid sentences at steps 3 and 6 (the last)
+    let metrics = std::fs::read_to_string(d.path("run/metrics.jsonl")).unwrap();
+    let last_valid = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "valid")
+        .last()
+        .unwrap();
+    assert_eq!(last_valid["step"], 6);
+    for lang in ["en", "de"] {
+        let text = std::fs::read_to_string(d.path(&format!("data/valid.{lang}"))).unwrap();
+        d.write(&format!("v5.{lang}"), text.lines().take(5).collect::<Vec<_>>().join("\n") + "\n");
+    }
+    let eval = d
+        .nmt(
+            &[
+                "eval",
+                "--model",
+                "run",
+                "--src",
+                "v5.en",
+                "--ref",
+                "v5.de",
+                "--beam",
+                "1",
+                "--hyp-out",
+                "h.txt",
+                "--json",
+            ],
+            None,
+        )
+        .ok();
+    let e: serde_json::Value = serde_json::from_str(eval.stdout.trim()).unwrap();
+    let score = d.nmt(&["score", "--ref", "v5.de", "--hyp", "h.txt", "--json"], None).ok();
+    let s: serde_json::Value = serde_json::from_str(score.stdout.trim()).unwrap();
+    assert_eq!(e["bleu"], last_valid["valid_bleu"], "eval vs validation");
+    assert_eq!(s["bleu"], last_valid["valid_bleu"], "score vs validation");
+    assert_eq!(e["chrf"], last_valid["valid_chrf"]);
+}
+
+#[test]
 fn resume_continues_from_the_latest_checkpoint() {
     let d = Dir::new();
     d.trained();

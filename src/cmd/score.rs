@@ -3,6 +3,7 @@
 use super::print_lines;
 use crate::cli::ScoreArgs;
 use crate::data::corpus::read_lines;
+use crate::eval::score::{bleu_signature, Bleu, Chrf, ScoreOptions};
 use crate::eval::ScoreReport;
 use anyhow::{bail, Context, Result};
 use std::io::BufRead;
@@ -22,10 +23,34 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             bail!("{} has {} lines but {hyp_name} has {} lines", path.display(), r.len(), hyps.len());
         }
     }
-    let report = ScoreReport::new(&hyps, &refs, args.score.options());
+    let opts = args.score.options();
+    if args.sentence_level {
+        return print_lines(&sentence_scores(&hyps, &refs, opts, args.json)?);
+    }
+    let report = ScoreReport::new(&hyps, &refs, opts);
     if args.json {
         print_lines(&[serde_json::to_string(&report)?])
     } else {
         print_lines(&[report.text()])
     }
+}
+
+/// One line (or JSON object) per sentence, then the signature in text mode.
+fn sentence_scores(hyps: &[String], refs: &[Vec<String>], opts: ScoreOptions, json: bool) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(hyps.len() + 1);
+    for (i, hyp) in hyps.iter().enumerate() {
+        let r: Vec<&str> = refs.iter().map(|r| r[i].as_str()).collect();
+        let bleu = Bleu::sentence(hyp, &r, opts);
+        let single: Vec<Vec<String>> = refs.iter().map(|r| vec![r[i].clone()]).collect();
+        let chrf = Chrf::corpus(std::slice::from_ref(hyp), &single, opts);
+        out.push(if json {
+            serde_json::to_string(&serde_json::json!({ "bleu": bleu.score, "chrf": chrf.score }))?
+        } else {
+            format!("{} chrF2 = {:.2}", bleu.line(), chrf.score)
+        });
+    }
+    if !json {
+        out.push(bleu_signature(refs.len(), opts, true));
+    }
+    Ok(out)
 }

@@ -63,7 +63,7 @@ impl ScoreReport {
         Self {
             bleu: bleu.score,
             chrf: chrf.score,
-            signature: score::bleu_signature(refs.len(), opts),
+            signature: score::bleu_signature(refs.len(), opts, false),
             chrf_signature: score::chrf_signature(refs.len(), opts),
             bleu_line: bleu.line(),
             chrf_line: chrf.line(),

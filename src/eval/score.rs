@@ -146,39 +146,32 @@ pub struct Bleu {
 }
 
 impl Bleu {
-    /// BLEU of `hyps` against one or more reference streams (`refs[k][i]` is reference k of sentence i).
+    /// Corpus BLEU of `hyps` against one or more reference streams (`refs[k][i]` is reference k of
+    /// sentence i): n-gram statistics summed over the corpus.
     pub fn corpus(hyps: &[String], refs: &[Vec<String>], opts: ScoreOptions) -> Self {
-        let mut correct = [0usize; MAX_NGRAM];
-        let mut total = [0usize; MAX_NGRAM];
-        let (mut sys_len, mut ref_len) = (0, 0);
-        let tok = |line: &str| opts.tokenize.apply(&opts.preprocess(line));
+        let mut sum = Stats::default();
         for (i, hyp) in hyps.iter().enumerate() {
-            let h = tok(hyp);
-            let hw: Vec<&str> = h.split(' ').filter(|w| !w.is_empty()).collect();
-            let toks: Vec<String> = refs.iter().map(|r| tok(&r[i])).collect();
-            let rws: Vec<Vec<&str>> = toks.iter().map(|t| t.split(' ').filter(|w| !w.is_empty()).collect()).collect();
-            sys_len += hw.len();
-            ref_len += closest_ref_len(hw.len(), rws.iter().map(Vec::len));
-            for n in 1..=MAX_NGRAM {
-                let hc = counts(&hw, n);
-                let mut max_ref: HashMap<&[&str], usize> = HashMap::new();
-                for rw in &rws {
-                    for (g, c) in counts(rw, n) {
-                        let e = max_ref.entry(g).or_insert(0);
-                        *e = (*e).max(c);
-                    }
-                }
-                for (g, c) in &hc {
-                    correct[n - 1] += (*c).min(max_ref.get(g).copied().unwrap_or(0));
-                    total[n - 1] += c;
-                }
-            }
+            let r: Vec<&str> = refs.iter().map(|r| r[i].as_str()).collect();
+            sum.add(&Stats::of(hyp, &r, opts));
         }
-        Self::from_stats(correct, total, sys_len, ref_len)
+        Self::from_stats(sum.correct, sum.total, sum.sys_len, sum.ref_len, false)
     }
 
-    /// sacreBLEU's `compute_bleu` with `smooth_method='exp'`, `effective_order=False`.
-    pub fn from_stats(correct: [usize; 4], total: [usize; 4], sys_len: usize, ref_len: usize) -> Self {
+    /// Sentence-level BLEU as sacreBLEU's `sentence_bleu`: effective order on (`eff:yes`).
+    pub fn sentence(hyp: &str, refs: &[&str], opts: ScoreOptions) -> Self {
+        let s = Stats::of(hyp, refs, opts);
+        Self::from_stats(s.correct, s.total, s.sys_len, s.ref_len, true)
+    }
+
+    /// sacreBLEU's `compute_bleu` with `smooth_method='exp'`; `effective_order` drops the n-gram orders
+    /// the hypothesis is too short to have.
+    pub fn from_stats(
+        correct: [usize; 4],
+        total: [usize; 4],
+        sys_len: usize,
+        ref_len: usize,
+        effective_order: bool,
+    ) -> Self {
         let bp = if sys_len < ref_len {
             if sys_len > 0 {
                 (1.0 - ref_len as f64 / sys_len as f64).exp()
@@ -194,9 +187,13 @@ impl Bleu {
             return out;
         }
         let mut smooth = 1.0;
+        let mut order = MAX_NGRAM;
         for n in 0..MAX_NGRAM {
             if total[n] == 0 {
                 break;
+            }
+            if effective_order {
+                order = n + 1;
             }
             precisions[n] = if correct[n] == 0 {
                 smooth *= 2.0;
@@ -206,7 +203,7 @@ impl Bleu {
             };
         }
         let log = |p: f64| if p == 0.0 { -9_999_999_999.0 } else { p.ln() };
-        let mean_log = precisions.iter().map(|&p| log(p)).sum::<f64>() / MAX_NGRAM as f64;
+        let mean_log = precisions[..order].iter().map(|&p| log(p)).sum::<f64>() / order as f64;
         out.precisions = precisions;
         out.score = bp * mean_log.exp();
         out
@@ -221,6 +218,54 @@ impl Bleu {
             "BLEU = {:.2} {p} (BP = {:.3} ratio = {ratio:.3} hyp_len = {} ref_len = {})",
             self.score, self.bp, self.sys_len, self.ref_len
         )
+    }
+}
+
+/// BLEU's sufficient statistics for one or more sentences.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    correct: [usize; MAX_NGRAM],
+    total: [usize; MAX_NGRAM],
+    sys_len: usize,
+    ref_len: usize,
+}
+
+impl Stats {
+    /// Clipped n-gram matches of one hypothesis against its references, and the closest reference length.
+    fn of(hyp: &str, refs: &[&str], opts: ScoreOptions) -> Self {
+        let tok = |line: &str| opts.tokenize.apply(&opts.preprocess(line));
+        let h = tok(hyp);
+        let hw: Vec<&str> = h.split(' ').filter(|w| !w.is_empty()).collect();
+        let toks: Vec<String> = refs.iter().map(|r| tok(r)).collect();
+        let rws: Vec<Vec<&str>> = toks.iter().map(|t| t.split(' ').filter(|w| !w.is_empty()).collect()).collect();
+        let mut s = Stats {
+            sys_len: hw.len(),
+            ref_len: closest_ref_len(hw.len(), rws.iter().map(Vec::len)),
+            ..Stats::default()
+        };
+        for n in 1..=MAX_NGRAM {
+            let mut max_ref: HashMap<&[&str], usize> = HashMap::new();
+            for rw in &rws {
+                for (g, c) in counts(rw, n) {
+                    let e = max_ref.entry(g).or_insert(0);
+                    *e = (*e).max(c);
+                }
+            }
+            for (g, c) in counts(&hw, n) {
+                s.correct[n - 1] += c.min(max_ref.get(g).copied().unwrap_or(0));
+                s.total[n - 1] += c;
+            }
+        }
+        s
+    }
+
+    fn add(&mut self, o: &Stats) {
+        for n in 0..MAX_NGRAM {
+            self.correct[n] += o.correct[n];
+            self.total[n] += o.total[n];
+        }
+        self.sys_len += o.sys_len;
+        self.ref_len += o.ref_len;
     }
 }
 
@@ -329,11 +374,13 @@ fn chrf_from_stats(stats: &[usize]) -> f64 {
     100.0 * (1.0 + factor) * avg_prec * avg_rec / (factor * avg_prec + avg_rec)
 }
 
-/// sacreBLEU's signature for the BLEU settings used here, naming this scorer in `version`.
-pub fn bleu_signature(nrefs: usize, opts: ScoreOptions) -> String {
+/// sacreBLEU's signature for the BLEU settings used here, naming this scorer in `version`;
+/// `eff:yes` for sentence-level BLEU.
+pub fn bleu_signature(nrefs: usize, opts: ScoreOptions, sentence_level: bool) -> String {
     format!(
-        "nrefs:{nrefs}|case:{}|eff:no|tok:{}|smooth:exp|version:nmt-{}",
+        "nrefs:{nrefs}|case:{}|eff:{}|tok:{}|smooth:exp|version:nmt-{}",
         opts.case(),
+        if sentence_level { "yes" } else { "no" },
         opts.tokenize.signature(),
         env!("CARGO_PKG_VERSION")
     )

@@ -18,6 +18,8 @@ struct Case {
     #[serde(default)]
     tok: Vec<String>,
     signature: String,
+    #[serde(default)]
+    sentence_level: bool,
 }
 
 impl Case {
@@ -50,12 +52,18 @@ fn bleu_and_chrf_equal_sacrebleu_on_every_fixture() {
     assert!(cases.len() >= 8);
     for c in cases {
         let opts = c.options();
-        let bleu = Bleu::corpus(&c.hyps, &c.refs, opts);
+        let bleu = if c.sentence_level {
+            let refs: Vec<&str> = c.refs.iter().map(|r| r[0].as_str()).collect();
+            Bleu::sentence(&c.hyps[0], &refs, opts)
+        } else {
+            Bleu::corpus(&c.hyps, &c.refs, opts)
+        };
         assert!((bleu.score - c.bleu).abs() < 0.01, "{}: BLEU {} vs sacreBLEU {}", c.name, bleu.score, c.bleu);
         let chrf = Chrf::corpus(&c.hyps, &c.refs, opts);
         assert!((chrf.score - c.chrf).abs() < 0.01, "{}: chrF {} vs sacreBLEU {}", c.name, chrf.score, c.chrf);
         let without_version = |sig: &str| sig.split("|version:").next().unwrap_or_default().to_string();
-        assert_eq!(without_version(&bleu_signature(c.refs.len(), opts)), without_version(&c.signature), "{}", c.name);
+        let ours = bleu_signature(c.refs.len(), opts, c.sentence_level);
+        assert_eq!(without_version(&ours), without_version(&c.signature), "{}", c.name);
         // sacreBLEU's line, e.g. "BLEU = 37.07 62.5/41.2/30.1/22.0 (BP = 1.000 ratio = ...)".
         assert_eq!(bleu.line(), c.bleu_line, "{}", c.name);
         for (h, t) in c.hyps.iter().zip(&c.tok_13a) {
@@ -91,6 +99,7 @@ fn closest_reference_length_prefers_the_shorter_on_ties() {
 #[test]
 fn signatures_name_the_options() {
     let o = ScoreOptions { tokenize: Tokenize::Intl, lowercase: true };
-    assert!(bleu_signature(2, o).starts_with("nrefs:2|case:lc|eff:no|tok:intl|smooth:exp|version:nmt-"));
+    assert!(bleu_signature(1, o, true).contains("|eff:yes|"));
+    assert!(bleu_signature(2, o, false).starts_with("nrefs:2|case:lc|eff:no|tok:intl|smooth:exp|version:nmt-"));
     assert!(chrf_signature(1, o).starts_with("nrefs:1|case:lc|eff:yes|nc:6|nw:0|space:no|version:nmt-"));
 }
