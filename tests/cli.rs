@@ -131,8 +131,7 @@ fn validation_eval_and_score_report_the_same_bleu() {
     let last_valid = metrics
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "valid")
-        .last()
+        .rfind(|v| v["kind"] == "valid")
         .unwrap();
     assert_eq!(last_valid["step"], 6);
     for lang in ["en", "de"] {
