@@ -35,17 +35,19 @@ impl Rows {
         self.limits.iter().copied().max().unwrap_or(0)
     }
 
-    /// Takes the argmax of each row's log-probabilities (batch, vocab); returns the tokens to feed next.
-    fn push(&mut self, log_probs: &Tensor, step: usize, sp: Specials) -> Result<Vec<u32>> {
+    /// Takes the argmax of each row's log-probabilities (rows, vocab), row i belonging to sentence
+    /// `active[i]`; returns the tokens to feed next, one per row.
+    fn push(&mut self, log_probs: &Tensor, active: &[usize], step: usize, sp: Specials) -> Result<Vec<u32>> {
         let best = log_probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let lp = log_probs.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut feed = Vec::with_capacity(best.len());
-        for (b, &tok) in best.iter().enumerate() {
+        for (i, &tok) in best.iter().enumerate() {
+            let b = active[i];
             if self.done[b] {
                 feed.push(sp.pad);
                 continue;
             }
-            self.log_prob[b] += lp[b][tok as usize] as f64;
+            self.log_prob[b] += lp[i][tok as usize] as f64;
             if tok == sp.eos {
                 self.done[b] = true;
             } else {
@@ -74,7 +76,8 @@ pub(crate) fn encode_sources(
     Ok((memory, src_mask))
 }
 
-/// Greedy-decodes a batch of sources (ids without specials) with the KV cache.
+/// Greedy-decodes a batch of sources (ids without specials) with the KV cache. Finished sentences leave
+/// the batch, so they stop costing work.
 pub fn greedy(
     model: &Transformer,
     srcs: &[&[u32]],
@@ -82,17 +85,26 @@ pub fn greedy(
     max_positions: usize,
     device: &Device,
 ) -> Result<Vec<Hypothesis>> {
-    let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
+    let (memory, mut src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut cache = model.start_decoding(&memory)?;
     let mut rows = Rows::new(srcs, max_positions);
+    let mut active: Vec<usize> = (0..srcs.len()).collect();
     let mut feed = vec![sp.bos; srcs.len()];
     for step in 0..rows.longest() {
         let tokens = Tensor::new(feed.as_slice(), device)?;
-        let logits = model.decode_step(&tokens, &mut cache, &src_mask)?; // (batch, vocab)
-        feed = rows.push(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, step, sp)?;
-        if rows.done.iter().all(|&d| d) {
+        let logits = model.decode_step(&tokens, &mut cache, &src_mask)?; // (active, vocab)
+        let next = rows.push(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, &active, step, sp)?;
+        let keep: Vec<usize> = (0..active.len()).filter(|&i| !rows.done[active[i]]).collect();
+        if keep.is_empty() {
             break;
         }
+        if keep.len() < active.len() {
+            let idx = Tensor::new(keep.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), device)?;
+            cache.select(&idx)?;
+            src_mask = src_mask.index_select(&idx, 0)?;
+        }
+        feed = keep.iter().map(|&i| next[i]).collect();
+        active = keep.iter().map(|&i| active[i]).collect();
     }
     Ok(rows.finish())
 }
@@ -107,6 +119,7 @@ pub fn greedy_uncached(
 ) -> Result<Vec<Hypothesis>> {
     let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
     let mut rows = Rows::new(srcs, max_positions);
+    let all: Vec<usize> = (0..srcs.len()).collect();
     let mut prefix: Vec<Vec<u32>> = vec![vec![sp.bos]; srcs.len()];
     for step in 0..rows.longest() {
         let len = step + 1;
@@ -114,7 +127,7 @@ pub fn greedy_uncached(
         let tgt_in = Tensor::from_vec(flat, (srcs.len(), len), device)?;
         let hidden = model.decode(&tgt_in, &memory, &src_mask, &mut Mode::Eval)?;
         let logits = model.logits(&hidden.i((.., len - 1..len, ..))?)?.squeeze(1)?;
-        let feed = rows.push(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, step, sp)?;
+        let feed = rows.push(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, &all, step, sp)?;
         for (p, t) in prefix.iter_mut().zip(feed) {
             p.push(t);
         }
