@@ -203,3 +203,29 @@ fn truncated_checkpoint_and_unwritable_output_are_clear_errors() {
         .fails_with(&["adir", "not a file"]);
     d.nmt(&["score", "--ref", "adir", "--hyp", "afile"], None).fails_with(&["adir", "directory"]);
 }
+
+#[test]
+fn non_finite_updates_are_skipped_and_then_stop_training_without_saving() {
+    let d = Dir::new();
+    d.trained();
+    // Poison the latest checkpoint: every loss computed from it is NaN.
+    let path = d.path("run/checkpoints/ckpt-00000006.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let w = &tensors["embedding.weight"];
+    let nan = (w * f64::NAN).unwrap();
+    tensors.insert("embedding.weight".into(), nan);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let cfg = std::fs::read_to_string(d.path("run/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["train"]["max_skipped_steps"] = 3.into();
+    d.write("run/config.json", serde_json::to_string(&v).unwrap());
+    let out = d.nmt(&["train", "--out", "run", "--resume", "--max-steps", "20"], None);
+    assert_eq!(out.stderr.matches("update skipped").count(), 3, "{}", out.stderr);
+    out.fails_with(&["3 updates in a row had a non-finite loss or gradient after step 6"]);
+    let left: Vec<String> = std::fs::read_dir(d.path("run/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-") && !n.starts_with("ckpt-00000006") && !n.starts_with("ckpt-00000003"))
+        .collect();
+    assert!(left.is_empty(), "checkpoints written after non-finite updates: {left:?}");
+}
