@@ -2,13 +2,14 @@
 
 use crate::cli::TrainArgs;
 use crate::config::Config;
-use crate::data::batch::Example;
-use crate::data::corpus::{read_pairs, Pair};
+use crate::data::batch::tokenize_pairs;
+use crate::data::corpus::read_pairs;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::init::Rng;
 use crate::model::{build, ParameterCounts};
 use crate::run_dir::{write_atomic, RunDir};
 use crate::train::checkpoint::{self, TrainState};
+use crate::train::log::MetricsLog;
 use crate::train::optim::Adam;
 use crate::train::{StopReason, Trainer, ValidSet};
 use anyhow::{bail, Context, Result};
@@ -48,24 +49,6 @@ fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Tokenizes pairs, dropping empty and over-long ones; returns (examples, empty, too long).
-fn tokenize(tok: &Tokenizer, pairs: &[Pair], max_len: usize) -> Result<(Vec<Example>, usize, usize)> {
-    let (mut out, mut empty, mut long) = (Vec::with_capacity(pairs.len()), 0, 0);
-    for p in pairs {
-        if p.src.trim().is_empty() || p.tgt.trim().is_empty() {
-            empty += 1;
-            continue;
-        }
-        let (src, tgt) = (tok.encode(&p.src)?, tok.encode(&p.tgt)?);
-        if src.len() > max_len || tgt.len() > max_len {
-            long += 1;
-            continue;
-        }
-        out.push(Example { src, tgt });
-    }
-    Ok((out, empty, long))
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into());
@@ -100,7 +83,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Tokenizer::train(texts, cfg.model.vocab_size)?
         }
     };
-    let (train, empty, long) = tokenize(&tokenizer, &pairs, cfg.data.max_len)?;
+    let (train, empty, long) = tokenize_pairs(&tokenizer, &pairs, cfg.data.max_len)?;
     eprintln!(
         "train: {} pairs used, {empty} skipped as empty, {long} skipped as longer than {} tokens",
         train.len(),
@@ -111,7 +94,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let valid = match valid_pairs {
         Some(vp) => {
-            let (examples, _, _) = tokenize(&tokenizer, &vp, cfg.model.max_positions - 2)?;
+            let (examples, _, _) = tokenize_pairs(&tokenizer, &vp, cfg.model.max_positions - 2)?;
             Some(ValidSet {
                 examples,
                 src_lines: vp.iter().map(|p| p.src.clone()).collect(),
@@ -154,7 +137,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
     };
     if resume_step.is_some() {
-        trim_metrics(&run, state.step)?;
+        MetricsLog::new(&run.metrics()).truncate_after(state.step)?;
     }
     let counts = ParameterCounts::from_store(&store);
     eprintln!(
@@ -217,22 +200,4 @@ fn interrupt_flag() -> Arc<AtomicBool> {
         eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupt will stop training without a checkpoint");
     }
     flag
-}
-
-/// On resume, drops metrics lines written after the checkpoint (by a run that died later), so that
-/// metrics.jsonl reads as one uninterrupted run.
-fn trim_metrics(run: &RunDir, step: usize) -> Result<()> {
-    let path = run.metrics();
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(&path, kept.as_bytes())
 }

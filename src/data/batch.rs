@@ -5,7 +5,8 @@
 //! right-padded with `<pad>`. The order of batches in an epoch depends only on the seed and the epoch
 //! number, so a resumed run needs nothing but (epoch, position) to continue exactly.
 
-use super::tokenizer::Specials;
+use super::corpus::Pair;
+use super::tokenizer::{Specials, Tokenizer};
 use crate::model::init::Rng;
 use crate::model::mask::padding_mask;
 use candle_core::{Device, Result, Tensor};
@@ -15,6 +16,24 @@ use candle_core::{Device, Result, Tensor};
 pub struct Example {
     pub src: Vec<u32>,
     pub tgt: Vec<u32>,
+}
+
+/// Tokenizes sentence pairs, dropping empty and over-long ones; returns (examples, empty, too long).
+pub fn tokenize_pairs(tok: &Tokenizer, pairs: &[Pair], max_len: usize) -> anyhow::Result<(Vec<Example>, usize, usize)> {
+    let (mut out, mut empty, mut long) = (Vec::with_capacity(pairs.len()), 0, 0);
+    for p in pairs {
+        if p.src.trim().is_empty() || p.tgt.trim().is_empty() {
+            empty += 1;
+            continue;
+        }
+        let (src, tgt) = (tok.encode(&p.src)?, tok.encode(&p.tgt)?);
+        if src.len() > max_len || tgt.len() > max_len {
+            long += 1;
+            continue;
+        }
+        out.push(Example { src, tgt });
+    }
+    Ok((out, empty, long))
 }
 
 /// Tensors for one training or scoring step.

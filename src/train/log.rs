@@ -44,6 +44,21 @@ impl MetricsLog {
         Self { path: path.to_path_buf() }
     }
 
+    /// Drops the lines of steps after `step` (written by a run that died after its last checkpoint), so
+    /// that a resumed run's metrics read as one uninterrupted run.
+    pub fn truncate_after(&self, step: usize) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                let v = serde_json::from_str::<serde_json::Value>(l).ok();
+                v.and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::run_dir::write_atomic(&self.path, kept.as_bytes())
+    }
+
     pub fn write<T: Serialize>(&self, line: &T) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -51,5 +66,23 @@ impl MetricsLog {
             .open(&self.path)
             .with_context(|| format!("cannot open {}", self.path.display()))?;
         writeln!(f, "{}", serde_json::to_string(line)?).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_after_keeps_lines_up_to_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MetricsLog::new(&dir.path().join("metrics.jsonl"));
+        log.truncate_after(3).unwrap(); // no file yet: nothing to do
+        for step in [2, 4, 6] {
+            log.write(&serde_json::json!({"kind": "train", "step": step})).unwrap();
+        }
+        log.truncate_after(4).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(text, "{\"kind\":\"train\",\"step\":2}\n{\"kind\":\"train\",\"step\":4}\n");
     }
 }
