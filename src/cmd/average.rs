@@ -1,7 +1,7 @@
 //! `nmt average`: the element-wise mean of the last K checkpoints' weights.
 
 use crate::cli::AverageArgs;
-use crate::run_dir::{write_atomic_with, RunDir};
+use crate::run_dir::RunDir;
 use crate::train::checkpoint::load_tensors;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -44,7 +44,7 @@ pub fn run(args: AverageArgs) -> Result<()> {
         .collect::<Result<HashMap<_, _>>>()?;
     let output =
         args.output.unwrap_or_else(|| run.checkpoints().join(format!("average-last{}.safetensors", args.last)));
-    write_atomic_with(&output, |tmp| Ok(candle_core::safetensors::save(&mean, tmp)?))?;
+    crate::train::checkpoint::save_tensors(&output, &mean)?;
     eprintln!("averaged steps {:?} into {}", chosen, output.display());
     Ok(())
 }

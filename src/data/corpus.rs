@@ -14,11 +14,17 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         bail!("{} is a directory, expected a text file", path.display());
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_lines(&bytes, path)
+}
+
+/// Splits the contents of `path` into lines: `\n` or `\r\n` endings, a final newline optional, UTF-8
+/// required (an error names the file and line).
+pub fn parse_lines(bytes: &[u8], path: &Path) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     if bytes.is_empty() {
         return Ok(lines);
     }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         match std::str::from_utf8(raw) {

@@ -7,11 +7,11 @@
 use super::early_stop::BestTracker;
 use super::optim::Adam;
 use crate::model::init::{ParamStore, Rng};
-use crate::run_dir::{write_atomic, write_atomic_with, RunDir};
+use crate::run_dir::{write_atomic, RunDir};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Everything besides tensors that a run needs to continue exactly.
@@ -30,21 +30,33 @@ pub struct TrainState {
     pub best: BestTracker,
 }
 
-fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let tensors: HashMap<&str, Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    write_atomic_with(path, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))
+/// Writes named tensors as a safetensors file, atomically. The file is serialized in memory and written
+/// by `write_atomic`, so that a failure (a full disk, a read-only directory) is one plain I/O error.
+pub fn save_tensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<()> {
+    let bytes =
+        safetensors::serialize(tensors, None).with_context(|| format!("cannot serialize {}", path.display()))?;
+    write_atomic(path, &bytes)
 }
 
 fn create_dir(run: &RunDir) -> Result<()> {
     std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("cannot create {}", run.checkpoints().display()))
 }
 
-/// Writes a complete checkpoint for `state.step`.
+/// Writes a complete checkpoint for `state.step`. If any part fails (a full disk, say), the parts already
+/// written for this step are removed, so the previous checkpoint stays the latest and nothing is left half-done.
 pub fn save(run: &RunDir, store: &ParamStore, adam: &Adam, state: &TrainState) -> Result<()> {
     create_dir(run)?;
-    save_tensors(&run.weights(state.step), &store.tensors())?;
-    save_tensors(&run.optimizer(state.step), &adam.state())?;
-    write_atomic(&run.state(state.step), serde_json::to_string_pretty(state)?.as_bytes())
+    let step = state.step;
+    let complete_before = run.state(step).exists();
+    let result = save_tensors(&run.weights(step), &store.tensors())
+        .and_then(|_| save_tensors(&run.optimizer(step), &adam.state()))
+        .and_then(|_| write_atomic(&run.state(step), serde_json::to_string_pretty(state)?.as_bytes()));
+    if result.is_err() && !complete_before {
+        for path in [run.state(step), run.optimizer(step), run.weights(step)] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
 }
 
 /// Writes the current weights as `checkpoints/best.safetensors`, with `best.json` naming its step.
@@ -72,19 +84,30 @@ pub fn prune(run: &RunDir, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Loads a safetensors file; a missing, truncated or corrupt file is an error naming it.
+/// Loads a safetensors file; a missing, unreadable, truncated or corrupt file is an error naming it.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         anyhow::bail!("checkpoint {} does not exist", path.display());
     }
-    candle_core::safetensors::load(path, device)
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    parse_tensors(&bytes, path, device)
+}
+
+/// Parses the contents of the safetensors file `path`.
+pub fn parse_tensors(bytes: &[u8], path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, device)
         .with_context(|| format!("checkpoint {} is not a readable safetensors file", path.display()))
 }
 
 /// Loads model weights into `store`, with errors naming the file.
 pub fn load_weights(path: &Path, store: &ParamStore) -> Result<()> {
     let tensors = load_tensors(path, &Device::Cpu)?;
-    store.load(&tensors).with_context(|| format!("checkpoint {} does not fit this model", path.display()))
+    fit_weights(&tensors, path, store)
+}
+
+/// Copies checkpoint tensors into `store`; a missing, extra or misshapen tensor is an error naming `path`.
+pub fn fit_weights(tensors: &HashMap<String, Tensor>, path: &Path, store: &ParamStore) -> Result<()> {
+    store.load(tensors).with_context(|| format!("checkpoint {} does not fit this model", path.display()))
 }
 
 /// Restores weights, optimizer and training state of the checkpoint at `step`.

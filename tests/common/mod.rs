@@ -54,8 +54,19 @@ impl Dir {
 
     /// Runs `nmt` in this directory with `args` and optional stdin.
     pub fn nmt(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.run(self.command(args), stdin)
+    }
+
+    /// The `nmt` command with `args`, run in this directory, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nmt"));
-        cmd.args(args).current_dir(self.tmp.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args).current_dir(self.tmp.path());
+        cmd
+    }
+
+    /// Runs `cmd` with optional stdin and collects its output.
+    pub fn run(&self, mut cmd: Command, stdin: Option<&str>) -> Output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = cmd.spawn().expect("spawn nmt");
         if let Some(input) = stdin {
