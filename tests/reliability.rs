@@ -112,6 +112,8 @@ fn a_kill_at_any_moment_leaves_a_loadable_latest_checkpoint() {
         .unwrap()
         .replace("\"checkpoint_every\": 4", "\"checkpoint_every\": 1");
     d.write("c.json", cfg);
+    // Even rounds kill at fixed delays, odd rounds as soon as a save is seen under way.
+    let mut kills_during_save = 0;
     for (round, delay_ms) in [3u64, 17, 29, 41, 53, 67, 79, 97].into_iter().enumerate() {
         let args: Vec<String> = if round == 0 {
             ["train", "--config", "c.json", "--out", "run"].map(String::from).to_vec()
@@ -122,18 +124,56 @@ fn a_kill_at_any_moment_leaves_a_loadable_latest_checkpoint() {
         if round == 0 {
             wait_for(&d.path("run/checkpoints/ckpt-00000001.state.json"), &mut child);
         }
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        signal(&child, "-KILL");
+        if round % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            signal(&child, "-KILL");
+        } else {
+            kill_once_a_save_is_under_way(&d, &mut child);
+        }
         child.wait().unwrap();
         // Whatever was being written, the newest complete checkpoint loads.
         d.nmt(&["translate", "--model", "run", "--beam", "1", "The dog sees the cat."], None).ok();
+        if !leftovers(&d).is_empty() {
+            kills_during_save += 1;
+        }
     }
-    let steps: Vec<_> = std::fs::read_dir(d.path("run/checkpoints"))
+    eprintln!("{kills_during_save} of 8 kills landed in the middle of a save");
+    assert!(kills_during_save > 0, "no kill landed in the middle of a save: the test checked nothing");
+    let steps: Vec<_> = names(&d).into_iter().filter(|n| n.ends_with(".state.json")).collect();
+    assert!(steps.len() <= 3, "keep_last 2 (plus one being written) exceeded: {steps:?}");
+    // Resuming removes what the interrupted saves left behind.
+    let last: usize = steps.iter().filter_map(|n| n[5..13].parse().ok()).max().unwrap();
+    d.nmt(&["train", "--out", "run", "--resume", "--max-steps", &(last + 1).to_string()], None).ok();
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
+/// Polls the checkpoint directory and sends SIGKILL as soon as a save's traces appear that were not there
+/// before (a temporary file, or weights without a state file).
+fn kill_once_a_save_is_under_way(d: &Dir, child: &mut Child) {
+    let before = leftovers(d);
+    let start = Instant::now();
+    loop {
+        if leftovers(d).iter().any(|n| !before.contains(n)) {
+            child.kill().unwrap();
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "training ended before a save was seen");
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for a save");
+    }
+}
+
+fn names(d: &Dir) -> Vec<String> {
+    std::fs::read_dir(d.path("run/checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".state.json"))
-        .collect();
-    assert!(steps.len() <= 3, "keep_last 2 (plus one being written) exceeded: {steps:?}");
+        .collect()
+}
+
+/// Temporary files, and files of a step without a state file: the traces of a save cut short.
+fn leftovers(d: &Dir) -> Vec<String> {
+    let all = names(d);
+    let complete = |n: &str| all.contains(&format!("{}.state.json", &n[..13]));
+    all.iter().filter(|n| n.ends_with(".tmp") || (n.starts_with("ckpt-") && !complete(n))).cloned().collect()
 }
 
 #[test]

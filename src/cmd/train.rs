@@ -126,6 +126,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(step) => {
             let s = checkpoint::resume(&run, step, &store, &mut adam)?;
             eprintln!("resuming from step {} (epoch {})", s.step, s.epoch + 1);
+            let removed = checkpoint::remove_incomplete(&run)?;
+            if removed > 0 {
+                eprintln!("removed {removed} file(s) of a checkpoint save that was interrupted");
+            }
             s
         }
         None => TrainState {

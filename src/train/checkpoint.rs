@@ -84,6 +84,29 @@ pub fn prune(run: &RunDir, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Removes what a crash in the middle of a save left in `checkpoints/`: temporary files, and the weights or
+/// optimizer state of a step whose state file was never written. Returns how many files it removed.
+pub fn remove_incomplete(run: &RunDir) -> Result<usize> {
+    let dir = run.checkpoints();
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let complete = run.checkpoint_steps()?;
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let step = name.strip_prefix("ckpt-").and_then(|s| s.split('.').next()).and_then(|s| s.parse::<usize>().ok());
+        let stale_tmp = name.starts_with('.') && name.ends_with(".tmp");
+        let orphan = step.is_some_and(|s| !complete.contains(&s));
+        if stale_tmp || orphan {
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Loads a safetensors file; a missing, unreadable, truncated or corrupt file is an error naming it.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
@@ -121,4 +144,29 @@ pub fn resume(run: &RunDir, step: usize, store: &ParamStore, adam: &mut Adam) ->
     let optim = load_tensors(&optim_path, &Device::Cpu)?;
     adam.load_state(&optim, state.step).with_context(|| format!("optimizer state {}", optim_path.display()))?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_incomplete_keeps_complete_checkpoints_and_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        let keep = [run.weights(3), run.optimizer(3), run.state(3), run.best_weights(), run.best_info()];
+        let stale = [
+            run.weights(5),
+            run.optimizer(5),
+            run.checkpoints().join(".ckpt-00000005.state.json.tmp"),
+            run.checkpoints().join(".best.safetensors.tmp"),
+        ];
+        for p in keep.iter().chain(&stale) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_incomplete(&run).unwrap(), stale.len());
+        assert!(keep.iter().all(|p| p.exists()) && !stale.iter().any(|p| p.exists()));
+        assert_eq!(remove_incomplete(&run).unwrap(), 0);
+    }
 }
