@@ -3,8 +3,9 @@
 //! Attention(Q, K, V) = softmax(QKᵀ / √d_k) V, and
 //! MultiHead(Q, K, V) = Concat(head_1, …, head_h) W_O with head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
 //! The h projections of each kind are stored as one (d_model, d_model) matrix whose rows i·d_k..(i+1)·d_k
-//! belong to head i. Softmax is candle's differentiable `ops::softmax` (not `softmax_last_dim`, which has
-//! no backward pass in candle 0.11).
+//! belong to head i. Softmax is our fused op with a backward pass on CPU ([`super::fused_softmax`]), and
+//! candle's differentiable `ops::softmax` elsewhere (not candle's `softmax_last_dim`, which has no backward
+//! pass in candle 0.11).
 
 use super::init::xavier_uniform;
 use super::{linear, Linear};
@@ -30,7 +31,7 @@ pub fn scaled_dot_product_attention(
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let weights = super::fused_softmax::softmax_last_dim(&scores)?;
     Ok((weights.matmul(v)?, weights))
 }
 
@@ -234,5 +235,27 @@ mod tests {
         let (_, w) = scaled_dot_product_attention(&q, &k, &k, Some(&mask)).unwrap();
         let w = w.i((0, 0)).unwrap().to_vec2::<f32>().unwrap();
         assert!(w.iter().all(|row| row[2] == 0.0 && (row[0] + row[1] - 1.0).abs() < 1e-6));
+    }
+
+    /// The fused softmax equals candle's `ops::softmax` in value and gradient (f64, with masked entries).
+    #[test]
+    fn fused_softmax_equals_the_reference_in_value_and_gradient() {
+        let mut rng = Rng::seed(8);
+        let data: Vec<f64> =
+            (0..2 * 3 * 5 * 7).map(|i| if i % 9 == 4 { -1e9 } else { 4.0 * rng.normal() as f64 }).collect();
+        let x = candle_core::Var::from_vec(data, (2, 3, 5, 7), &Device::Cpu).unwrap();
+        let fused = super::super::fused_softmax::softmax_last_dim(&x).unwrap();
+        let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        let max_diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-15);
+        // A loss that weights every output differently, so that the gradient is not trivially zero.
+        let probe =
+            Tensor::from_vec((0..210).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>(), (2, 3, 5, 7), &Device::Cpu)
+                .unwrap();
+        let ga = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        let gb = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        let scale = gb.abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+        assert!(scale > 1e-2 && max_diff(&ga, &gb) < 1e-14, "gradient differs by {}", max_diff(&ga, &gb));
     }
 }

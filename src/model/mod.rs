@@ -5,11 +5,13 @@
 //! are the checkpoint's tensor names. Linear weights are stored (out, in), as in PyTorch.
 
 pub mod attention;
+pub mod cpu;
 pub mod decoder;
 pub mod embedding;
 pub mod encoder;
 pub mod feed_forward;
 pub mod fused_layer_norm;
+pub mod fused_softmax;
 pub mod init;
 pub mod mask;
 pub mod norm;

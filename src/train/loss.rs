@@ -3,8 +3,10 @@
 //! With smoothing ε and vocabulary V, the target distribution puts 1-ε on the reference token and spreads
 //! ε uniformly over all V tokens (fairseq's and the Annotated Transformer's convention):
 //! loss = (1-ε)·(-log p(y)) + ε·mean_v(-log p(v)), averaged over non-padding target tokens.
-//! Built from `log_softmax` and `gather`, both differentiable in candle.
+//! On CPU a fused op computes it ([`super::fused_loss`]); the reference path is built from `log_softmax` and
+//! `gather`, both differentiable in candle.
 
+use super::fused_loss::FusedSmoothedCrossEntropy;
 use candle_core::{DType, Result, Tensor, D};
 
 /// Loss of one batch: the smoothed training loss (a scalar tensor to backpropagate) and the plain
@@ -18,9 +20,35 @@ pub struct Loss {
     pub tokens: usize,
 }
 
+/// The loss of a batch: the fused op ([`super::fused_loss`]) for CPU tensors in f32 or f64, the reference
+/// path otherwise (CUDA).
+///
 /// # Shapes
 /// - `logits`: (batch, tgt_len, vocab); `target`: (batch, tgt_len) u32
 pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, pad: u32, epsilon: f64) -> Result<Loss> {
+    if !(logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64)) {
+        return label_smoothed_cross_entropy_reference(logits, target, pad, epsilon);
+    }
+    let (batch, len, vocab) = logits.dims3()?;
+    let target = target.reshape(batch * len)?.contiguous()?;
+    let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
+    let op = FusedSmoothedCrossEntropy { pad, epsilon };
+    let out = logits.reshape((batch * len, vocab))?.contiguous()?.apply_op2(&target, op)?; // (batch·len, 2)
+    let loss = (out.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
+    let nll_sum = out.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+    Ok(Loss { loss, nll_sum, tokens })
+}
+
+/// The loss built from differentiable tensor ops: the reference for the fused op, and the path off CPU.
+///
+/// # Shapes
+/// - `logits`: (batch, tgt_len, vocab); `target`: (batch, tgt_len) u32
+pub fn label_smoothed_cross_entropy_reference(
+    logits: &Tensor,
+    target: &Tensor,
+    pad: u32,
+    epsilon: f64,
+) -> Result<Loss> {
     let (batch, len, vocab) = logits.dims3()?;
     let log_probs = candle_nn::ops::log_softmax(&logits.reshape((batch * len, vocab))?, D::Minus1)?;
     let target = target.reshape((batch * len, 1))?;
@@ -45,21 +73,49 @@ mod tests {
         // One real token (target 1) and one pad (target 0) over a vocabulary of 3.
         let logits = Tensor::new(&[[[1.0f32, 2.0, 0.5], [9.0, -3.0, 4.0]]], &Device::Cpu).unwrap();
         let target = Tensor::new(&[[1u32, 0]], &Device::Cpu).unwrap();
-        let l = label_smoothed_cross_entropy(&logits, &target, 0, 0.1).unwrap();
         let z = (1f64.exp() + 2f64.exp() + 0.5f64.exp()).ln();
         let logp = [1.0 - z, 2.0 - z, 0.5 - z];
         let expect = 0.9 * -logp[1] + 0.1 * -(logp.iter().sum::<f64>() / 3.0);
-        let got = l.loss.to_vec0::<f32>().unwrap() as f64;
-        assert!((got - expect).abs() < 1e-5, "{got} vs {expect}");
-        assert_eq!(l.tokens, 1);
-        assert!((l.nll_sum - -logp[1]).abs() < 1e-5);
+        for f in [label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference] {
+            let l = f(&logits, &target, 0, 0.1).unwrap();
+            let got = l.loss.to_vec0::<f32>().unwrap() as f64;
+            assert!((got - expect).abs() < 1e-5, "{got} vs {expect}");
+            assert_eq!(l.tokens, 1);
+            assert!((l.nll_sum - -logp[1]).abs() < 1e-5);
+        }
+    }
+
+    /// Values and gradients of the fused op equal the reference path's, with padding and without smoothing.
+    #[test]
+    fn fused_equals_reference_in_value_and_gradient() {
+        let mut rng = crate::model::init::Rng::seed(11);
+        let (batch, len, vocab) = (3, 5, 37);
+        let data: Vec<f64> = (0..batch * len * vocab).map(|_| 3.0 * rng.normal() as f64).collect();
+        let logits = candle_core::Var::from_vec(data, (batch, len, vocab), &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..batch * len).map(|i| if i % 4 == 3 { 0 } else { (i * 7 % vocab) as u32 }).collect();
+        let target = Tensor::from_vec(ids, (batch, len), &Device::Cpu).unwrap();
+        for epsilon in [0.0, 0.1] {
+            let fused = label_smoothed_cross_entropy(&logits, &target, 0, epsilon).unwrap();
+            let reference = label_smoothed_cross_entropy_reference(&logits, &target, 0, epsilon).unwrap();
+            assert_eq!(fused.tokens, reference.tokens);
+            let (a, b) = (fused.loss.to_vec0::<f64>().unwrap(), reference.loss.to_vec0::<f64>().unwrap());
+            assert!((a - b).abs() < 1e-12, "loss {a} vs {b}");
+            assert!((fused.nll_sum - reference.nll_sum).abs() < 1e-10);
+            let ga = fused.loss.backward().unwrap().get(&logits).unwrap().clone();
+            let gb = reference.loss.backward().unwrap().get(&logits).unwrap().clone();
+            let diff = (ga - &gb).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+            let scale = gb.abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+            assert!(scale > 1e-3 && diff < 1e-12, "gradient differs by {diff} (scale {scale})");
+        }
     }
 
     #[test]
     fn without_smoothing_it_is_cross_entropy() {
         let logits = Tensor::new(&[[[0.0f32, 0.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
         let target = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
-        let l = label_smoothed_cross_entropy(&logits, &target, 0, 0.0).unwrap();
-        assert!((l.loss.to_vec0::<f32>().unwrap() - 4f32.ln()).abs() < 1e-6);
+        for f in [label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference] {
+            let l = f(&logits, &target, 0, 0.0).unwrap();
+            assert!((l.loss.to_vec0::<f32>().unwrap() - 4f32.ln()).abs() < 1e-6);
+        }
     }
 }

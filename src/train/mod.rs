@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod early_stop;
+pub mod fused_loss;
 pub mod gradients;
 pub mod log;
 pub mod loss;
