@@ -17,6 +17,10 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`train::loss`] |
 //! | §6.1 decoding | [`decode`] |
 //! | BLEU (sacreBLEU-compatible) | [`eval::score`] |
+//!
+//! Fast paths, each with the plain tensor-op version kept beside it as the reference that tests compare
+//! against: the fused CPU ops with their own backward passes ([`model::fused_layer_norm`],
+//! [`model::fused_softmax`], [`train::fused_loss`]) and the KV cache ([`model::attention::KvCache`]).
 
 pub mod cli;
 pub mod cmd;
