@@ -49,7 +49,8 @@ pub struct TrainArgs {
     /// Run directory; defaults to runs/<config file stem>.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue from the run directory's latest checkpoint.
+    /// Continue from the run directory's latest checkpoint, with the run's own config.json plus any flags.
+    /// (Re-running the command that made a run continues it too; a different config is refused.)
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Start over in a run directory that already holds a run (its checkpoints and metrics are deleted).

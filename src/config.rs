@@ -217,6 +217,18 @@ impl Config {
         })
     }
 
+    /// The first field (as a JSON path) where `other` would make a different run than `self`, ignoring
+    /// `model.vocab_size` (a run stores the size it learned) and `train.max_steps` (raising it extends a run).
+    pub fn differs_as_a_run(&self, other: &Config) -> Result<Option<String>> {
+        let comparable = |c: &Config| -> Result<serde_json::Value> {
+            let mut v = serde_json::to_value(c)?;
+            v["model"]["vocab_size"] = serde_json::Value::Null;
+            v["train"]["max_steps"] = serde_json::Value::Null;
+            Ok(v)
+        };
+        Ok(first_difference(&comparable(self)?, &comparable(other)?, String::new()))
+    }
+
     /// Checks every value a run depends on; the error names the JSON path and the reason.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
@@ -348,6 +360,20 @@ fn check_file(name: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// The JSON path of the first value that differs between `a` and `b`.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => x.keys().chain(y.keys()).find_map(|k| {
+            let null = serde_json::Value::Null;
+            let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            first_difference(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), sub)
+        }),
+        _ if a == b => None,
+        _ => Some(path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +449,19 @@ mod tests {
             c.model.validate().unwrap();
             c.train.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn a_different_run_is_named_by_its_first_differing_field() {
+        let a = Config::from_json(r#"{"data": {"train_src": "a", "train_tgt": "b"}}"#).unwrap();
+        let mut b = a.clone();
+        b.model.vocab_size += 1;
+        b.train.max_steps += 1;
+        assert_eq!(a.differs_as_a_run(&b).unwrap(), None);
+        b.model.d_ff += 1;
+        b.data.max_len += 1;
+        assert_eq!(a.differs_as_a_run(&b).unwrap().as_deref(), Some("data.max_len"));
+        b.data.max_len -= 1;
+        assert_eq!(a.differs_as_a_run(&b).unwrap().as_deref(), Some("model.d_ff"));
     }
 }

@@ -78,12 +78,23 @@ fn corpus_with_only_too_long_or_empty_pairs() {
 fn existing_run_is_not_overwritten_without_force() {
     let d = with_data();
     d.nmt(&["train", "--config", "tiny.json", "--out", "run"], None).ok();
-    d.nmt(&["train", "--config", "tiny.json", "--out", "run"], None).fails_with(&[
-        "already holds a run",
+    // A different config is refused, naming the first field that differs.
+    d.write("other.json", tiny_config_json(2).replace("\"seed\": 3", "\"seed\": 4"));
+    d.nmt(&["train", "--config", "other.json", "--out", "run"], None).fails_with(&[
+        "already holds a different run",
+        "train.seed",
         "--resume",
         "--force",
     ]);
-    d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--force"], None).ok();
+    d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--seed", "5"], None)
+        .fails_with(&["different run", "train.seed"]);
+    // The same command continues the run; a larger max_steps extends it.
+    let again = d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-steps", "4"], None).ok();
+    assert!(again.stderr.contains("already holds this run: continuing it"), "{}", again.stderr);
+    assert!(again.stderr.contains("resuming from step 2"), "{}", again.stderr);
+    assert!(d.path("run/checkpoints/ckpt-00000004.state.json").is_file());
+    d.nmt(&["train", "--config", "other.json", "--out", "run", "--force"], None).ok();
+    assert!(!d.path("run/checkpoints/ckpt-00000004.state.json").exists(), "--force kept old checkpoints");
     d.nmt(&["train", "--out", "fresh", "--resume"], None).fails_with(&["fresh", "no checkpoint"]);
 }
 

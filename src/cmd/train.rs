@@ -49,24 +49,48 @@ fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
     Ok(cfg)
 }
 
+/// Where training starts: `(Some(step), _)` resumes the checkpoint at `step`; `(None, start_over)` is a fresh
+/// run, which first clears an old run's checkpoints and metrics when `start_over`.
+///
+/// `--resume` continues the latest checkpoint and `--force` starts over. Without either, a directory that
+/// holds a run continues it when the config is the one that made it (re-running the same command), and is
+/// refused when the config differs. `model.vocab_size` (replaced by the size learned) and `train.max_steps`
+/// (to extend a run) may differ.
+fn start(args: &TrainArgs, run: &RunDir, cfg: &Config) -> Result<(Option<usize>, bool)> {
+    if args.resume {
+        return Ok((run.latest_step()?, false));
+    }
+    if args.force || !run.config().exists() {
+        return Ok((None, args.force));
+    }
+    let stored = Config::from_file(&run.config())?;
+    if let Some(field) = stored.differs_as_a_run(cfg)? {
+        bail!(
+            "{} already holds a different run ({field} differs): pass --resume to continue it or --force to start over",
+            run.root.display()
+        );
+    }
+    match run.latest_step()? {
+        Some(step) => {
+            eprintln!("{} already holds this run: continuing it", run.root.display());
+            Ok((Some(step), false))
+        }
+        // The run never wrote a checkpoint: there is nothing to continue, and nothing to lose.
+        None => Ok((None, true)),
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into());
         PathBuf::from("runs").join(stem)
     });
     let run = RunDir::new(out);
-    let resume_step = if args.resume {
-        match run.latest_step()? {
-            Some(s) => Some(s),
-            None => bail!("--resume: {} holds no checkpoint to resume from", run.root.display()),
-        }
-    } else {
-        if run.config().exists() && !args.force {
-            bail!("{} already holds a run: pass --resume to continue it or --force to start over", run.root.display());
-        }
-        None
-    };
+    if args.resume && run.latest_step()?.is_none() {
+        bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
+    }
     let mut cfg = resolve(&args, &run)?;
+    let (resume_step, start_over) = start(&args, &run, &cfg)?;
     let device = super::device(&args.device)?;
     let d = &cfg.data;
     let (train_src, train_tgt) = (d.train_src.clone().unwrap_or_default(), d.train_tgt.clone().unwrap_or_default());
@@ -105,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     cfg.model.vocab_size = tokenizer.vocab_size();
     if resume_step.is_none() {
-        if args.force && run.root.exists() {
+        if start_over && run.root.exists() {
             for p in [run.checkpoints(), run.metrics()] {
                 if p.is_dir() {
                     std::fs::remove_dir_all(&p)
