@@ -237,25 +237,32 @@ mod tests {
         assert!(w.iter().all(|row| row[2] == 0.0 && (row[0] + row[1] - 1.0).abs() < 1e-6));
     }
 
-    /// The fused softmax equals candle's `ops::softmax` in value and gradient (f64, with masked entries).
+    /// The fused softmax equals candle's `ops::softmax` in value and gradient, with masked entries: to
+    /// rounding in f64, and to f32 precision in f32 (the dtype training uses).
     #[test]
     fn fused_softmax_equals_the_reference_in_value_and_gradient() {
         let mut rng = Rng::seed(8);
         let data: Vec<f64> =
             (0..2 * 3 * 5 * 7).map(|i| if i % 9 == 4 { -1e9 } else { 4.0 * rng.normal() as f64 }).collect();
-        let x = candle_core::Var::from_vec(data, (2, 3, 5, 7), &Device::Cpu).unwrap();
-        let fused = super::super::fused_softmax::softmax_last_dim(&x).unwrap();
-        let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
-        let max_diff =
-            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
-        assert!(max_diff(&fused, &reference) < 1e-15);
-        // A loss that weights every output differently, so that the gradient is not trivially zero.
-        let probe =
-            Tensor::from_vec((0..210).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>(), (2, 3, 5, 7), &Device::Cpu)
-                .unwrap();
-        let ga = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
-        let gb = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
-        let scale = gb.abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
-        assert!(scale > 1e-2 && max_diff(&ga, &gb) < 1e-14, "gradient differs by {}", max_diff(&ga, &gb));
+        let probe: Vec<f64> = (0..210).map(|i| (i as f64 * 0.37).sin()).collect();
+        for (dtype, tolerance) in [(candle_core::DType::F64, 1e-14), (candle_core::DType::F32, 1e-6)] {
+            let as_dtype =
+                |v: &[f64]| Tensor::from_slice(v, (2, 3, 5, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let x = candle_core::Var::from_tensor(&as_dtype(&data)).unwrap();
+            let fused = super::super::fused_softmax::softmax_last_dim(&x).unwrap();
+            let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+            let max_diff = |a: &Tensor, b: &Tensor| {
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                d.to_dtype(candle_core::DType::F64).unwrap().to_vec0::<f64>().unwrap()
+            };
+            assert!(max_diff(&fused, &reference) < tolerance, "{dtype:?}");
+            // A loss that weights every output differently, so that the gradient is not trivially zero.
+            let probe = as_dtype(&probe);
+            let ga = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+            let gb = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+            let zero = gb.zeros_like().unwrap();
+            let scale = max_diff(&gb, &zero);
+            assert!(scale > 1e-2 && max_diff(&ga, &gb) < tolerance * scale, "{dtype:?}: gradient differs");
+        }
     }
 }
