@@ -31,7 +31,7 @@ pub fn scaled_dot_product_attention(
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let weights = super::fused_softmax::softmax_last_dim(&scores)?;
+    let weights = super::fused_softmax::softmax(&scores)?;
     Ok((weights.matmul(v)?, weights))
 }
 
@@ -249,7 +249,7 @@ mod tests {
             let as_dtype =
                 |v: &[f64]| Tensor::from_slice(v, (2, 3, 5, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let x = candle_core::Var::from_tensor(&as_dtype(&data)).unwrap();
-            let fused = super::super::fused_softmax::softmax_last_dim(&x).unwrap();
+            let fused = super::super::fused_softmax::softmax(&x).unwrap();
             let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
             let max_diff = |a: &Tensor, b: &Tensor| {
                 let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
