@@ -7,10 +7,9 @@
 //! pass `runs/multi30k ../shared/data/multi30k/test2016.de 1000`.
 
 use candle_core::{Device, Tensor};
-use nmt::config::Config;
+use nmt::config::{Config, DecodeConfig};
 use nmt::data::corpus::read_lines;
 use nmt::data::tokenizer::Tokenizer;
-use nmt::decode::beam::BeamSettings;
 use nmt::decode::{Search, Translator};
 use nmt::model::init::{Mode, ParamStore};
 use nmt::model::Transformer;
@@ -28,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let store = ParamStore::new(0, &device);
     let model = Transformer::new(&cfg.model, store.var_builder())?;
     let step = run.latest_step()?.ok_or_else(|| anyhow::anyhow!("{} has no checkpoint", run.root.display()))?;
-    nmt::train::checkpoint::load_weights(&run.weights(step), &store)?;
+    nmt::weights::load_weights(&run.weights(step), &store)?;
     let lines: Vec<String> = read_lines(std::path::Path::new(src_file))?.into_iter().take(n).collect();
     println!(
         "model {} (step {step}), {} sentences from {src_file}, {} threads",
@@ -39,17 +38,11 @@ fn main() -> anyhow::Result<()> {
     println!("{:<22} {:>10} {:>12} {:>14}", "search", "batch", "sentences/s", "tgt tokens/s");
     for (name, search) in [
         ("greedy", Search::Greedy),
-        ("beam 4 (alpha 0.6)", Search::Beam(BeamSettings { beam: 4, alpha: 0.6, nbest: 1 })),
+        ("beam (decode section)", Search::new(&DecodeConfig { beam: cfg.decode.beam.max(2), ..cfg.decode.clone() }, 1)),
     ] {
-        for batch in [1, 32] {
-            let t = Translator {
-                model: &model,
-                tokenizer: &tokenizer,
-                device: device.clone(),
-                max_positions: cfg.model.max_positions,
-                batch_size: batch,
-                search,
-            };
+        for batch in [1, cfg.decode.batch_size] {
+            let decode = DecodeConfig { batch_size: batch, ..cfg.decode.clone() };
+            let t = Translator::new(&model, &tokenizer, &decode).with_search(search);
             let start = Instant::now();
             let out = t.translate(&lines, |_| {})?;
             let secs = start.elapsed().as_secs_f64();

@@ -1,5 +1,7 @@
 //! The command line (clap derive). Doc comments here are the `--help` text.
 
+use crate::config::DecodeConfig;
+use crate::decode::{sample::SampleSettings, Search};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -87,9 +89,9 @@ pub struct ModelFlags {
     /// Checkpoint weights to use; defaults to the run's latest.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Sentences per decoding batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
+    /// Sentences per decoding batch [default: the run's decode.batch_size, 32 unless set].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[command(flatten)]
     pub device: DeviceFlags,
 }
@@ -97,12 +99,12 @@ pub struct ModelFlags {
 /// How to search for translations.
 #[derive(Debug, Args)]
 pub struct SearchFlags {
-    /// Beam size; 1 is greedy search.
-    #[arg(long, default_value_t = 4)]
-    pub beam: usize,
-    /// Length-penalty exponent α of ((5 + |Y|) / 6)^α.
-    #[arg(long, default_value_t = 0.6)]
-    pub alpha: f64,
+    /// Beam size; 1 is greedy search [default: the run's decode.beam, 4 unless set].
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// Length-penalty exponent α of ((5 + |Y|) / 6)^α [default: the run's decode.alpha, 0.6 unless set].
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// Sample each token instead of searching (for back-translation); --beam is then ignored.
     #[arg(long)]
     pub sample: bool,
@@ -118,19 +120,17 @@ pub struct SearchFlags {
 }
 
 impl SearchFlags {
-    pub fn search(&self, nbest: usize) -> anyhow::Result<crate::decode::Search> {
+    /// The search to run: sampling with `--sample`, otherwise the search of `decode` (the run's config
+    /// with these flags applied) returning `nbest` hypotheses.
+    pub fn search(&self, decode: &DecodeConfig, nbest: usize) -> anyhow::Result<Search> {
         if self.sample {
             if !(self.temperature > 0.0 && self.temperature.is_finite()) {
                 anyhow::bail!("--temperature must be a positive number, got {}", self.temperature);
             }
-            let s = crate::decode::sample::SampleSettings {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                seed: self.sample_seed,
-            };
-            return Ok(crate::decode::Search::Sample(s));
+            let s = SampleSettings { temperature: self.temperature, top_k: self.top_k, seed: self.sample_seed };
+            return Ok(Search::Sample(s));
         }
-        Ok(crate::decode::Search::from_flags(self.beam, self.alpha, nbest))
+        Ok(Search::new(decode, nbest))
     }
 }
 

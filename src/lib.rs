@@ -9,18 +9,24 @@
 //! | §3.2.1 scaled dot-product attention | [`model::attention::scaled_dot_product_attention`] |
 //! | §3.2.2 multi-head attention | [`model::attention::MultiHeadAttention`] |
 //! | §3.2.3 masks (padding, causal) | [`model::mask`] |
-//! | §3.3 position-wise feed-forward | [`model::feed_forward`] |
+//! | §3.3 position-wise feed-forward | [`model::feed_forward`], [`model::linear`] |
 //! | §3.4 embeddings × √d_model, tied softmax | [`model::embedding`], [`model::Transformer::logits`] |
 //! | §3.5 sinusoidal positional encoding | [`model::embedding::PositionalEncoding`] |
 //! | §5.1 batches by token count, BPE | [`data::batch`], [`data::tokenizer`] |
 //! | §5.3 Adam and the warmup schedule | [`train::optim`], [`train::schedule`] |
-//! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`train::loss`] |
-//! | §6.1 decoding | [`decode`] |
-//! | BLEU (sacreBLEU-compatible) | [`eval::score`] |
+//! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`loss`] |
+//! | §6.1 decoding (beam search, length penalty), checkpoint averaging | [`decode`], `cmd::average` |
+//! | BLEU and chrF (sacreBLEU-compatible) | [`eval::score`] |
+//!
+//! The layers depend one way: `cmd` (the subcommands, glue only) uses `train`, `eval` and `decode`;
+//! `train` uses `eval` and `decode` (validation); `eval` and `decode` use `model`, `loss`, `data` and
+//! `weights`; `model` uses `ops`. [`config`] (one file per section) owns every default and every check;
+//! [`run_dir`] names a run's files and writes them atomically; [`weights`] reads and writes safetensors;
+//! [`rng`] is the one seeded random-number generator.
 //!
 //! Fast paths, each with the plain tensor-op version kept beside it as the reference that tests compare
-//! against: the fused CPU ops with their own backward passes ([`model::fused_layer_norm`],
-//! [`model::fused_softmax`], [`train::fused_loss`]) and the KV cache ([`model::attention::KvCache`]).
+//! against: the fused CPU ops with their own backward passes ([`ops`]) and the KV cache
+//! ([`model::attention::KvCache`]).
 
 pub mod cli;
 pub mod cmd;
@@ -28,7 +34,11 @@ pub mod config;
 pub mod data;
 pub mod decode;
 pub mod eval;
+pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod progress;
+pub mod rng;
 pub mod run_dir;
 pub mod train;
+pub mod weights;

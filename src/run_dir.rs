@@ -76,9 +76,7 @@ impl RunDir {
         let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
         for entry in entries {
             let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            let step = name.strip_prefix("ckpt-").and_then(|s| s.strip_suffix(".safetensors"));
-            if let Some(step) = step.and_then(|s| s.parse::<usize>().ok()) {
+            if let Some((step, "safetensors")) = parse_checkpoint_name(&name.to_string_lossy()) {
                 if self.state(step).exists() {
                     steps.push(step);
                 }
@@ -92,6 +90,16 @@ impl RunDir {
     pub fn latest_step(&self) -> Result<Option<usize>> {
         Ok(self.checkpoint_steps()?.last().copied())
     }
+}
+
+/// The step and the kind of a checkpoint file's name: `ckpt-00000300.optim.safetensors` gives
+/// `(300, "optim.safetensors")`; names of other files give None.
+pub fn parse_checkpoint_name(name: &str) -> Option<(usize, &str)> {
+    let (step, kind) = name.strip_prefix("ckpt-")?.split_once('.')?;
+    if step.is_empty() || !step.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step.parse().ok()?, kind))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
@@ -141,6 +149,20 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn checkpoint_names_parse_to_step_and_kind() {
+        let run = RunDir::new("r");
+        for (path, kind) in [(run.weights(300), "safetensors"), (run.optimizer(7), "optim.safetensors")] {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let step = if kind == "safetensors" { 300 } else { 7 };
+            assert_eq!(parse_checkpoint_name(&name), Some((step, kind)));
+        }
+        assert_eq!(parse_checkpoint_name("ckpt-00000009.state.json"), Some((9, "state.json")));
+        for other in ["best.safetensors", "ckpt-.safetensors", "ckpt-12", "ckpt-+1.safetensors", ".ckpt-1.json.tmp"] {
+            assert_eq!(parse_checkpoint_name(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -228,3 +228,31 @@ fn beam_nbest_and_sampling_flags() {
     let beam4 = d.nmt(&["translate", "--model", "run"], Some(input)).ok();
     assert_eq!(beam4.stdout.lines().count(), 2);
 }
+
+/// The run's `config.json` records the `decode` section; translate uses it, and flags override it.
+#[test]
+fn decode_defaults_come_from_the_runs_config_and_flags_override_them() {
+    let d = Dir::new();
+    d.trained();
+    let config = std::fs::read_to_string(d.path("run/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(v["decode"]["beam"], 4, "{config}");
+    assert_eq!(v["decode"]["batch_size"], 32, "{config}");
+    v["decode"]["beam"] = 1.into();
+    d.write("run/config.json", serde_json::to_string_pretty(&v).unwrap());
+    // The run's beam is now 1, so an n-best list of 2 is refused unless --beam says otherwise.
+    d.nmt(&["translate", "--model", "run", "--nbest", "2", "x"], None).fails_with(&["--nbest 2", "--beam 1"]);
+    let two = d.nmt(&["translate", "--model", "run", "--beam", "3", "--nbest", "2", "A dog."], None).ok();
+    assert!((1..=2).contains(&two.stdout.lines().count()), "{}", two.stdout);
+    let input = "The dog sees the cat.\nTwo men like the car.\n";
+    let default = d.nmt(&["translate", "--model", "run"], Some(input)).ok();
+    let greedy = d.nmt(&["translate", "--model", "run", "--beam", "1"], Some(input)).ok();
+    assert_eq!(default.stdout, greedy.stdout);
+    d.nmt(&["translate", "--model", "run", "--beam", "0", "x"], None).fails_with(&["--beam: must be at least 1"]);
+    d.write("src.txt", "A dog.\n");
+    d.nmt(&["eval", "--model", "run", "--src", "src.txt", "--ref", "src.txt", "--alpha=-1"], None)
+        .fails_with(&["--alpha: must be a number ≥ 0, got -1"]);
+    v["decode"]["batch_size"] = 0.into();
+    d.write("run/config.json", serde_json::to_string_pretty(&v).unwrap());
+    d.nmt(&["translate", "--model", "run", "x"], None).fails_with(&["run/config.json", "decode.batch_size"]);
+}

@@ -6,7 +6,7 @@ use candle_core::Device;
 use libfuzzer_sys::fuzz_target;
 use nmt::config::{Config, ModelConfig};
 use nmt::model::init::ParamStore;
-use nmt::train::checkpoint::{fit_weights, parse_tensors};
+use nmt::weights::{fit_weights, parse_tensors};
 use std::path::Path;
 
 /// A model small enough that each input is fast: d_model 8, one layer each side, vocabulary 10.

@@ -2,7 +2,7 @@
 
 use crate::cli::AverageArgs;
 use crate::run_dir::RunDir;
-use crate::train::checkpoint::load_tensors;
+use crate::weights::load_tensors;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ pub fn run(args: AverageArgs) -> Result<()> {
         .collect::<Result<HashMap<_, _>>>()?;
     let output =
         args.output.unwrap_or_else(|| run.checkpoints().join(format!("average-last{}.safetensors", args.last)));
-    crate::train::checkpoint::save_tensors(&output, &mean)?;
+    crate::weights::save_tensors(&output, &mean)?;
     eprintln!("averaged steps {:?} into {}", chosen, output.display());
     Ok(())
 }

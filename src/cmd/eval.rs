@@ -21,7 +21,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         examples.push(Example { src, tgt });
     }
     let loss = teacher_forced_loss(&m.model, &examples, m.tokenizer.specials, m.cfg.train.batch_tokens, &m.device)?;
-    let translator = m.translator(args.model.batch_size, args.search.search(1)?);
+    let decode = m.decode_config(&args.model, &args.search)?;
+    let translator = m.translator(&decode, args.search.search(&decode, 1)?);
     let srcs: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
     let progress = Progress::new(srcs.len() as u64, "sentences");

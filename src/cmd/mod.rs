@@ -8,12 +8,12 @@ mod score;
 mod train;
 mod translate;
 
-use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags};
-use crate::config::Config;
+use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags, SearchFlags};
+use crate::config::{Config, DecodeConfig};
 use crate::data::tokenizer::Tokenizer;
+use crate::decode::{Search, Translator};
 use crate::model::{init::ParamStore, Transformer};
 use crate::run_dir::RunDir;
-use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::io::Write;
@@ -49,16 +49,28 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// A translator over this model.
-    pub fn translator(&self, batch_size: usize, search: crate::decode::Search) -> crate::decode::Translator<'_> {
-        crate::decode::Translator {
-            model: &self.model,
-            tokenizer: &self.tokenizer,
-            device: self.device.clone(),
-            max_positions: self.cfg.model.max_positions,
-            batch_size,
-            search,
-        }
+    /// The run's `decode` section (checked when loading) with the command line's flags applied; a bad
+    /// value can then only come from a flag, and the error names it.
+    pub fn decode_config(&self, model: &ModelFlags, search: &SearchFlags) -> Result<DecodeConfig> {
+        let mut d = self.cfg.decode.clone();
+        let flag_error = |e: anyhow::Error| {
+            let msg = e.to_string();
+            let flags = [("decode.beam", "--beam"), ("decode.alpha", "--alpha"), ("decode.batch_size", "--batch-size")];
+            match flags.iter().find_map(|(field, flag)| Some((flag, msg.strip_prefix(field)?))) {
+                Some((flag, rest)) => anyhow::anyhow!("{flag}{rest}"),
+                None => e,
+            }
+        };
+        d.beam = search.beam.unwrap_or(d.beam);
+        d.alpha = search.alpha.unwrap_or(d.alpha);
+        d.batch_size = model.batch_size.unwrap_or(d.batch_size);
+        d.validate().map_err(flag_error)?;
+        Ok(d)
+    }
+
+    /// A translator over this model with the decode settings of `decode` and the given search.
+    pub fn translator(&self, decode: &DecodeConfig, search: Search) -> Translator<'_> {
+        Translator::new(&self.model, &self.tokenizer, decode).with_search(search)
     }
 }
 
@@ -69,7 +81,8 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
         bail!("--model {}: not a run directory", run.root.display());
     }
     let cfg = Config::from_file(&run.config())?;
-    cfg.model.validate().with_context(|| format!("invalid config {}", run.config().display()))?;
+    (cfg.model.validate().and_then(|_| cfg.decode.validate()))
+        .with_context(|| format!("invalid config {}", run.config().display()))?;
     let tokenizer = Tokenizer::load(&run.tokenizer())?;
     if tokenizer.vocab_size() != cfg.model.vocab_size {
         bail!(
@@ -90,7 +103,7 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
     let device = device(&flags.device)?;
     let store = ParamStore::new(0, &device);
     let model = Transformer::new(&cfg.model, store.var_builder())?;
-    checkpoint::load_weights(&weights, &store)?;
+    crate::weights::load_weights(&weights, &store)?;
     Ok(Loaded { cfg, tokenizer, model, device })
 }
 

@@ -2,16 +2,17 @@
 
 use crate::cli::TrainArgs;
 use crate::config::Config;
-use crate::data::batch::tokenize_pairs;
+use crate::data::batch::{tokenize_pairs, Example};
 use crate::data::corpus::read_pairs;
 use crate::data::tokenizer::Tokenizer;
-use crate::model::init::Rng;
+use crate::model::init::ParamStore;
 use crate::model::{build, ParameterCounts};
+use crate::rng::Rng;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::log::MetricsLog;
 use crate::train::optim::Adam;
-use crate::train::{StopReason, Trainer, ValidSet};
+use crate::train::{StopReason, Summary, Trainer, ValidSet};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,14 +39,6 @@ fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
     }
     let what = if args.resume { run.config() } else { args.config.clone() };
     cfg.validate().with_context(|| format!("invalid config {}", what.display()))?;
-    if cfg.data.max_len + 2 > cfg.model.max_positions {
-        bail!(
-            "invalid config {}: data.max_len: {} tokens plus bos/eos exceed model.max_positions {}",
-            what.display(),
-            cfg.data.max_len,
-            cfg.model.max_positions
-        );
-    }
     Ok(cfg)
 }
 
@@ -81,17 +74,59 @@ fn start(args: &TrainArgs, run: &RunDir, cfg: &Config) -> Result<(Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into());
-        PathBuf::from("runs").join(stem)
-    });
-    let run = RunDir::new(out);
+    let run = RunDir::new(out_dir(&args));
     if args.resume && run.latest_step()?.is_none() {
         bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
     }
     let mut cfg = resolve(&args, &run)?;
     let (resume_step, start_over) = start(&args, &run, &cfg)?;
     let device = super::device(&args.device)?;
+    let data = load_data(&cfg, &run, resume_step)?;
+    cfg.model.vocab_size = data.tokenizer.vocab_size();
+    if resume_step.is_none() {
+        prepare_run_dir(&run, &cfg, &data.tokenizer, start_over)?;
+    }
+    let (model, store) = build(&cfg.model, cfg.train.seed, &device)?;
+    let t = &cfg.train;
+    let mut adam = Adam::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps)?;
+    let state = initial_state(&run, &cfg, resume_step, &store, &mut adam)?;
+    report_model(&store, &cfg);
+    let started = Instant::now();
+    let mut trainer = Trainer {
+        cfg: &cfg,
+        model: &model,
+        store: &store,
+        adam,
+        tokenizer: &data.tokenizer,
+        device,
+        run: run.clone(),
+        state,
+        train: data.train,
+        valid: data.valid,
+        interrupt: interrupt_flag(),
+    };
+    let summary = trainer.run()?;
+    report_summary(&summary, started, &run);
+    Ok(())
+}
+
+/// `--out`, or runs/<config file stem>.
+fn out_dir(args: &TrainArgs) -> PathBuf {
+    args.out.clone().unwrap_or_else(|| {
+        let stem = args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into());
+        PathBuf::from("runs").join(stem)
+    })
+}
+
+/// The tokenizer (learned for a new run, the run's own when resuming) and the tokenized corpus.
+struct Data {
+    tokenizer: Tokenizer,
+    train: Vec<Example>,
+    valid: Option<ValidSet>,
+}
+
+/// Reads the corpus, learns or loads the tokenizer, and tokenizes the training and validation pairs.
+fn load_data(cfg: &Config, run: &RunDir, resume_step: Option<usize>) -> Result<Data> {
     let d = &cfg.data;
     let (train_src, train_tgt) = (d.train_src.clone().unwrap_or_default(), d.train_tgt.clone().unwrap_or_default());
     let pairs = read_pairs(&train_src, &train_tgt)?;
@@ -107,11 +142,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Tokenizer::train(texts, cfg.model.vocab_size)?
         }
     };
-    let (train, empty, long) = tokenize_pairs(&tokenizer, &pairs, cfg.data.max_len)?;
+    let (train, empty, long) = tokenize_pairs(&tokenizer, &pairs, d.max_len)?;
     eprintln!(
         "train: {} pairs used, {empty} skipped as empty, {long} skipped as longer than {} tokens",
         train.len(),
-        cfg.data.max_len
+        d.max_len
     );
     if train.is_empty() {
         bail!("{} and {}: no usable sentence pair (all empty or too long)", train_src.display(), train_tgt.display());
@@ -127,47 +162,57 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => None,
     };
-    cfg.model.vocab_size = tokenizer.vocab_size();
-    if resume_step.is_none() {
-        if start_over && run.root.exists() {
-            for p in [run.checkpoints(), run.metrics()] {
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p).or_else(|e| if p.exists() { Err(e) } else { Ok(()) })
-                }
-                .with_context(|| format!("--force: cannot remove {}", p.display()))?;
+    Ok(Data { tokenizer, train, valid })
+}
+
+/// A new run's directory: an old run's checkpoints and metrics removed when starting over, then the
+/// tokenizer and the resolved config written.
+fn prepare_run_dir(run: &RunDir, cfg: &Config, tokenizer: &Tokenizer, start_over: bool) -> Result<()> {
+    if start_over && run.root.exists() {
+        for p in [run.checkpoints(), run.metrics()] {
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p).or_else(|e| if p.exists() { Err(e) } else { Ok(()) })
             }
+            .with_context(|| format!("--force: cannot remove {}", p.display()))?;
         }
-        std::fs::create_dir_all(&run.root).with_context(|| format!("cannot create {}", run.root.display()))?;
-        write_atomic(&run.tokenizer(), tokenizer.to_json()?.as_bytes())?;
-        write_atomic(&run.config(), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     }
-    let (model, store) = build(&cfg.model, cfg.train.seed, &device)?;
-    let t = &cfg.train;
-    let mut adam = Adam::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps)?;
-    let state = match resume_step {
-        Some(step) => {
-            let s = checkpoint::resume(&run, step, &store, &mut adam)?;
-            eprintln!("resuming from step {} (epoch {})", s.step, s.epoch + 1);
-            let removed = checkpoint::remove_incomplete(&run)?;
-            if removed > 0 {
-                eprintln!("removed {removed} file(s) of a checkpoint save that was interrupted");
-            }
-            s
-        }
-        None => TrainState {
+    std::fs::create_dir_all(&run.root).with_context(|| format!("cannot create {}", run.root.display()))?;
+    write_atomic(&run.tokenizer(), tokenizer.to_json()?.as_bytes())?;
+    write_atomic(&run.config(), serde_json::to_string_pretty(cfg)?.as_bytes())
+}
+
+/// The training state to start from: the checkpoint's when resuming (after cleaning up an interrupted
+/// save and trimming metrics past it), a fresh one otherwise.
+fn initial_state(
+    run: &RunDir,
+    cfg: &Config,
+    resume_step: Option<usize>,
+    store: &ParamStore,
+    adam: &mut Adam,
+) -> Result<TrainState> {
+    let Some(step) = resume_step else {
+        return Ok(TrainState {
             step: 0,
             epoch: 0,
             cursor: 0,
             rng: Rng::seed(cfg.train.seed ^ 0x5EED),
             best: Default::default(),
-        },
+        });
     };
-    if resume_step.is_some() {
-        MetricsLog::new(&run.metrics()).truncate_after(state.step)?;
+    let state = checkpoint::resume(run, step, store, adam)?;
+    eprintln!("resuming from step {} (epoch {})", state.step, state.epoch + 1);
+    let removed = checkpoint::remove_incomplete(run)?;
+    if removed > 0 {
+        eprintln!("removed {removed} file(s) of a checkpoint save that was interrupted");
     }
-    let counts = ParameterCounts::from_store(&store);
+    MetricsLog::new(&run.metrics()).truncate_after(state.step)?;
+    Ok(state)
+}
+
+fn report_model(store: &ParamStore, cfg: &Config) {
+    let counts = ParameterCounts::from_store(store);
     eprintln!(
         "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}",
         counts.total(),
@@ -176,21 +221,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         counts.decoder,
         cfg.model.vocab_size
     );
-    let started = Instant::now();
-    let mut trainer = Trainer {
-        cfg: &cfg,
-        model: &model,
-        store: &store,
-        adam,
-        tokenizer: &tokenizer,
-        device,
-        run: run.clone(),
-        state,
-        train,
-        valid,
-        interrupt: interrupt_flag(),
-    };
-    let summary = trainer.run()?;
+}
+
+fn report_summary(summary: &Summary, started: Instant, run: &RunDir) {
     let how = match summary.reason {
         StopReason::MaxSteps => "done",
         StopReason::MaxEpochs => "done (train.max_epochs reached)",
@@ -216,7 +249,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             run.root.display()
         );
     }
-    Ok(())
 }
 
 /// A flag that Ctrl-C (SIGINT) and SIGTERM set, so that training checkpoints and stops cleanly. A second

@@ -8,11 +8,6 @@ use anyhow::{Context, Result};
 use std::io::BufRead;
 
 pub fn run(args: TranslateArgs) -> Result<()> {
-    if let Some(k) = args.nbest {
-        if k == 0 || k > args.search.beam.max(1) {
-            anyhow::bail!("--nbest {k}: must be between 1 and --beam {}", args.search.beam);
-        }
-    }
     let lines: Vec<String> = if !args.text.is_empty() {
         args.text.clone()
     } else if let Some(path) = &args.input {
@@ -27,7 +22,13 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         lines
     };
     let m = load_model(&args.model)?;
-    let translator = m.translator(args.model.batch_size, args.search.search(args.nbest.unwrap_or(1))?);
+    let decode = m.decode_config(&args.model, &args.search)?;
+    if let Some(k) = args.nbest {
+        if k == 0 || k > decode.beam {
+            anyhow::bail!("--nbest {k}: must be between 1 and --beam {}", decode.beam);
+        }
+    }
+    let translator = m.translator(&decode, args.search.search(&decode, args.nbest.unwrap_or(1))?);
     let progress = Progress::new(lines.len() as u64, "sentences");
     let nbest = translator.translate_nbest(&lines, |n| progress.inc(n as u64))?;
     progress.finish();

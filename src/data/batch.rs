@@ -7,8 +7,8 @@
 
 use super::corpus::Pair;
 use super::tokenizer::{Specials, Tokenizer};
-use crate::model::init::Rng;
 use crate::model::mask::padding_mask;
+use crate::rng::Rng;
 use candle_core::{Device, Result, Tensor};
 
 /// One tokenized sentence pair.

@@ -9,11 +9,9 @@
 //! log-probability only falls and its length penalty is at most lp(limit). Finished sentences leave the
 //! batch, so they stop costing work.
 
-use super::greedy::{encode_sources, max_output_len};
-use super::Hypothesis;
+use super::{length_penalty, DecodeContext, Hypothesis};
 use crate::data::tokenizer::Specials;
-use crate::model::Transformer;
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 /// Beam size, length-penalty exponent and how many hypotheses to return per sentence.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,11 +19,6 @@ pub struct BeamSettings {
     pub beam: usize,
     pub alpha: f64,
     pub nbest: usize,
-}
-
-/// GNMT length penalty ((5 + len) / 6)^α.
-pub fn length_penalty(len: usize, alpha: f64) -> f64 {
-    ((5.0 + len as f64) / 6.0).powf(alpha)
 }
 
 struct Live {
@@ -96,30 +89,24 @@ impl Sentence {
 
 /// Beam-searches a batch of sources (ids without specials); returns up to `nbest` hypotheses per source,
 /// best first.
-pub fn beam_search(
-    model: &Transformer,
-    srcs: &[&[u32]],
-    sp: Specials,
-    max_positions: usize,
-    device: &Device,
-    s: BeamSettings,
-) -> Result<Vec<Vec<Hypothesis>>> {
+pub fn beam_search(ctx: &DecodeContext, srcs: &[&[u32]], s: BeamSettings) -> Result<Vec<Vec<Hypothesis>>> {
     let (k, nbest) = (s.beam.max(1), s.nbest.clamp(1, s.beam.max(1)));
-    let (memory, mut src_mask) = encode_sources(model, srcs, sp, device)?;
-    let mut cache = model.start_decoding(&memory)?;
+    let (sp, device) = (ctx.specials, &ctx.device);
+    let (memory, mut src_mask) = ctx.encode_sources(srcs)?;
+    let mut cache = ctx.model.start_decoding(&memory)?;
     let mut sentences: Vec<Sentence> = srcs
         .iter()
         .enumerate()
         .map(|(b, src)| Sentence {
             live: vec![Live { tokens: vec![], log_prob: 0.0, row: b }],
             finished: vec![],
-            limit: max_output_len(src.len(), max_positions),
+            limit: ctx.max_output_len(src.len()),
         })
         .collect();
     let mut feed = vec![sp.bos; srcs.len()];
     for step in 0.. {
         let tokens = Tensor::new(feed.as_slice(), device)?;
-        let logits = model.decode_step(&tokens, &mut cache, &src_mask)?; // (rows, vocab)
+        let logits = ctx.model.decode_step(&tokens, &mut cache, &src_mask)?; // (rows, vocab)
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let (mut rows, mut next_feed) = (vec![], vec![]);
         for sentence in sentences.iter_mut().filter(|x| !x.live.is_empty()) {

@@ -2,18 +2,64 @@
 //!
 //! [`Search::Beam`] (the default of `translate` and `eval`: beam 4, α = 0.6, as in the paper) and
 //! [`Search::Greedy`] both decode incrementally with the decoder's KV cache; `greedy_uncached` is the
-//! slow reference. The maximum output length is source length + 50 tokens, capped by
+//! slow reference. Every default comes from the config's `decode` section ([`DecodeConfig`]); the
+//! maximum output length is source length + `decode.max_len_extra` (50) tokens, capped by
 //! `model.max_positions`.
+//!
+//! Each search takes a [`DecodeContext`] (the model, the special ids, the length limit, the device) and
+//! a batch of sources; [`Translator`] batches whole inputs and turns ids back into text.
 
 pub mod beam;
 pub mod greedy;
 pub mod sample;
 
-use crate::data::tokenizer::Tokenizer;
+use crate::config::DecodeConfig;
+use crate::data::batch::{source_rows, source_tensor};
+use crate::data::tokenizer::{Specials, Tokenizer};
+use crate::model::init::Mode;
 use crate::model::Transformer;
+use crate::rng::Rng;
 use anyhow::Result;
-use beam::{length_penalty, BeamSettings};
-use candle_core::Device;
+use beam::BeamSettings;
+use candle_core::{Device, Tensor};
+use sample::SampleSettings;
+
+/// What every search needs besides its sources.
+pub struct DecodeContext<'a> {
+    pub model: &'a Transformer,
+    pub specials: Specials,
+    /// An output is at most source length + this many tokens (and within the model's position table).
+    pub max_len_extra: usize,
+    pub device: Device,
+}
+
+impl<'a> DecodeContext<'a> {
+    pub fn new(model: &'a Transformer, specials: Specials, max_len_extra: usize) -> Self {
+        Self { model, specials, max_len_extra, device: model.device().clone() }
+    }
+
+    /// Output length limit for a source of `src_len` tokens: src_len + max_len_extra, within the
+    /// position table (one position is the decoder's `<s>`).
+    pub fn max_output_len(&self, src_len: usize) -> usize {
+        (src_len + self.max_len_extra).min(self.model.max_positions() - 1)
+    }
+
+    /// Encodes a batch of sources (ids without specials): (memory, src_mask).
+    ///
+    /// # Shapes
+    /// - returns memory (batch, src_len, d_model) and src_mask (batch, 1, 1, src_len)
+    pub fn encode_sources(&self, srcs: &[&[u32]]) -> candle_core::Result<(Tensor, Tensor)> {
+        let sp = self.specials;
+        let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, &self.device)?;
+        let memory = self.model.encode(&src, &src_mask, &mut Mode::Eval)?;
+        Ok((memory, src_mask))
+    }
+}
+
+/// GNMT length penalty ((5 + len) / 6)^α.
+pub fn length_penalty(len: usize, alpha: f64) -> f64 {
+    ((5.0 + len as f64) / 6.0).powf(alpha)
+}
 
 /// A finished output: its tokens (no specials), log P(Y) including `</s>`, and the score it is ranked by.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,51 +82,63 @@ impl Hypothesis {
 pub enum Search {
     Greedy,
     Beam(BeamSettings),
-    Sample(sample::SampleSettings),
+    Sample(SampleSettings),
 }
 
 impl Search {
-    /// Beam 1 is greedy search.
-    pub fn from_flags(beam: usize, alpha: f64, nbest: usize) -> Self {
-        if beam <= 1 {
+    /// The search a decode config asks for, returning `nbest` hypotheses; beam 1 is greedy search.
+    pub fn new(cfg: &DecodeConfig, nbest: usize) -> Self {
+        if cfg.beam <= 1 {
             Search::Greedy
         } else {
-            Search::Beam(BeamSettings { beam, alpha, nbest })
+            Search::Beam(BeamSettings { beam: cfg.beam, alpha: cfg.alpha, nbest })
         }
     }
 }
 
 pub struct Translator<'a> {
-    pub model: &'a Transformer,
+    pub ctx: DecodeContext<'a>,
     pub tokenizer: &'a Tokenizer,
-    pub device: Device,
-    pub max_positions: usize,
     /// Sentences per decoding batch.
     pub batch_size: usize,
     pub search: Search,
 }
 
-impl Translator<'_> {
+impl<'a> Translator<'a> {
+    /// A translator with every setting from `cfg`: its search (one hypothesis per input), batch size and
+    /// length limit.
+    pub fn new(model: &'a Transformer, tokenizer: &'a Tokenizer, cfg: &DecodeConfig) -> Self {
+        Self {
+            ctx: DecodeContext::new(model, tokenizer.specials, cfg.max_len_extra),
+            tokenizer,
+            batch_size: cfg.batch_size,
+            search: Search::new(cfg, 1),
+        }
+    }
+
+    /// The same translator with another search (sampling, or an n-best beam).
+    pub fn with_search(self, search: Search) -> Self {
+        Self { search, ..self }
+    }
+
     /// Translates token ids into n-best lists (one hypothesis for greedy search). Empty inputs give one
     /// empty hypothesis. `progress` is called with the number of sentences finished after each batch.
     pub fn translate_ids(&self, inputs: &[Vec<u32>], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<Hypothesis>>> {
         let mut outputs = vec![vec![Hypothesis::new(vec![], 0.0, 0.0)]; inputs.len()];
-        let max_src = self.max_positions - 1; // room for eos
-        let mut rng = match self.search {
-            Search::Sample(s) => crate::model::init::Rng::seed(s.seed),
-            _ => crate::model::init::Rng::seed(0),
-        };
+        let max_src = self.ctx.model.max_positions() - 1; // room for eos
+        let mut rng = Rng::seed(match self.search {
+            Search::Sample(s) => s.seed,
+            _ => 0,
+        });
         let mut order: Vec<usize> = (0..inputs.len()).filter(|&i| !inputs[i].is_empty()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
         for chunk in order.chunks(self.batch_size.max(1)) {
             let srcs: Vec<&[u32]> = chunk.iter().map(|&i| &inputs[i][..inputs[i].len().min(max_src)]).collect();
-            let (m, sp, mp, dev) = (self.model, self.tokenizer.specials, self.max_positions, &self.device);
+            let one = |hyps: Vec<Hypothesis>| hyps.into_iter().map(|h| vec![h]).collect::<Vec<_>>();
             let nbest = match self.search {
-                Search::Greedy => greedy::greedy(m, &srcs, sp, mp, dev)?.into_iter().map(|h| vec![h]).collect(),
-                Search::Beam(s) => beam::beam_search(m, &srcs, sp, mp, dev, s)?,
-                Search::Sample(s) => {
-                    sample::sample(m, &srcs, sp, mp, dev, s, &mut rng)?.into_iter().map(|h| vec![h]).collect()
-                }
+                Search::Greedy => one(greedy::greedy(&self.ctx, &srcs)?),
+                Search::Beam(s) => beam::beam_search(&self.ctx, &srcs, s)?,
+                Search::Sample(s) => one(sample::sample(&self.ctx, &srcs, s, &mut rng)?),
             };
             for (&i, h) in chunk.iter().zip(nbest) {
                 outputs[i] = h;

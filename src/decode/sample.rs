@@ -2,12 +2,10 @@
 //! token from softmax(logits / temperature), optionally restricted to the k most probable tokens.
 //! Draws come from the run's seeded RNG, so the same seed gives the same samples.
 
-use super::greedy::{encode_sources, max_output_len};
-use super::Hypothesis;
-use crate::data::tokenizer::Specials;
-use crate::model::init::Rng;
-use crate::model::Transformer;
-use candle_core::{DType, Device, Result, Tensor, D};
+use super::greedy::one_token_per_row;
+use super::{DecodeContext, Hypothesis};
+use crate::rng::Rng;
+use candle_core::{DType, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleSettings {
@@ -37,47 +35,14 @@ pub fn draw(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> us
     idx[idx.len() - 1]
 }
 
-/// Samples one output per source (ids without specials), decoding with the KV cache.
-pub fn sample(
-    model: &Transformer,
-    srcs: &[&[u32]],
-    sp: Specials,
-    max_positions: usize,
-    device: &Device,
-    s: SampleSettings,
-    rng: &mut Rng,
-) -> Result<Vec<Hypothesis>> {
-    let (memory, src_mask) = encode_sources(model, srcs, sp, device)?;
-    let mut cache = model.start_decoding(&memory)?;
-    let limits: Vec<usize> = srcs.iter().map(|x| max_output_len(x.len(), max_positions)).collect();
-    let mut out: Vec<Vec<u32>> = vec![vec![]; srcs.len()];
-    let mut log_prob = vec![0.0; srcs.len()];
-    let mut done = vec![false; srcs.len()];
-    let mut feed = vec![sp.bos; srcs.len()];
-    for step in 0..limits.iter().copied().max().unwrap_or(0) {
-        let logits = model.decode_step(&Tensor::new(feed.as_slice(), device)?, &mut cache, &src_mask)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+/// Samples one output per source (ids without specials), decoding with the KV cache. Finished sentences
+/// leave the batch; the draws of the others come in source order, so a seed gives the same samples as
+/// long as the batches are the same.
+pub fn sample(ctx: &DecodeContext, srcs: &[&[u32]], s: SampleSettings, rng: &mut Rng) -> Result<Vec<Hypothesis>> {
+    one_token_per_row(ctx, srcs, |logits, _| {
         let raw = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        for b in 0..srcs.len() {
-            if done[b] {
-                feed[b] = sp.pad;
-                continue;
-            }
-            let tok = draw(&raw[b], s.temperature, s.top_k, rng) as u32;
-            log_prob[b] += lp[b][tok as usize] as f64;
-            feed[b] = tok;
-            if tok == sp.eos {
-                done[b] = true;
-            } else {
-                out[b].push(tok);
-                done[b] = step + 1 >= limits[b];
-            }
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-    }
-    Ok(out.into_iter().zip(log_prob).map(|(t, lp)| Hypothesis::new(t, lp, 0.0)).collect())
+        Ok(raw.iter().map(|row| draw(row, s.temperature, s.top_k, rng) as u32).collect())
+    })
 }
 
 #[cfg(test)]

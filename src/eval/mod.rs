@@ -5,9 +5,9 @@ pub mod score;
 
 use crate::data::batch::{make_batches, Batch, Example};
 use crate::data::tokenizer::Specials;
+use crate::loss::label_smoothed_cross_entropy;
 use crate::model::init::Mode;
 use crate::model::Transformer;
-use crate::train::loss::label_smoothed_cross_entropy;
 use anyhow::Result;
 use candle_core::Device;
 use serde::Serialize;

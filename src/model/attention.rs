@@ -3,12 +3,12 @@
 //! Attention(Q, K, V) = softmax(QKᵀ / √d_k) V, and
 //! MultiHead(Q, K, V) = Concat(head_1, …, head_h) W_O with head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i).
 //! The h projections of each kind are stored as one (d_model, d_model) matrix whose rows i·d_k..(i+1)·d_k
-//! belong to head i. Softmax is our fused op with a backward pass on CPU ([`super::fused_softmax`]), and
+//! belong to head i. Softmax is our fused op with a backward pass on CPU ([`crate::ops::softmax`]), and
 //! candle's differentiable `ops::softmax` elsewhere (not candle's `softmax_last_dim`, which has no backward
 //! pass in candle 0.11).
 
 use super::init::xavier_uniform;
-use super::{linear, Linear};
+use super::linear::{linear, Linear};
 use crate::config::ModelConfig;
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -31,7 +31,7 @@ pub fn scaled_dot_product_attention(
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let weights = super::fused_softmax::softmax(&scores)?;
+    let weights = crate::ops::softmax::softmax(&scores)?;
     Ok((weights.matmul(v)?, weights))
 }
 
@@ -152,7 +152,8 @@ impl MultiHeadAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init::{ParamStore, Rng};
+    use crate::model::init::ParamStore;
+    use crate::rng::Rng;
     use candle_core::{Device, IndexOp};
 
     fn random(rng: &mut Rng, shape: &[usize]) -> Tensor {
@@ -249,7 +250,7 @@ mod tests {
             let as_dtype =
                 |v: &[f64]| Tensor::from_slice(v, (2, 3, 5, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let x = candle_core::Var::from_tensor(&as_dtype(&data)).unwrap();
-            let fused = super::super::fused_softmax::softmax(&x).unwrap();
+            let fused = crate::ops::softmax::softmax(&x).unwrap();
             let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
             let max_diff = |a: &Tensor, b: &Tensor| {
                 let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();

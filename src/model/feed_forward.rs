@@ -1,7 +1,7 @@
 //! The position-wise feed-forward network (paper §3.3): FFN(x) = max(0, x W₁ + b₁) W₂ + b₂.
 
 use super::init::xavier_uniform;
-use super::{linear, Linear};
+use super::linear::{linear, Linear};
 use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;

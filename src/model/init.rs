@@ -1,7 +1,7 @@
 //! Seeded initialisation and seeded dropout, drawn from our own RNG.
 //!
-//! candle 0.11 cannot seed its CPU RNG, so every random number of a run comes from [`Rng`] (ChaCha8,
-//! serialisable, so a checkpoint can carry it). The paper does not say how weights are initialised; we
+//! candle 0.11 cannot seed its CPU RNG, so every random number of a run comes from [`Rng`]
+//! ([`crate::rng`]: ChaCha8, serialisable, so a checkpoint can carry it). The paper does not say how weights are initialised; we
 //! follow common practice for this model (fairseq, tensor2tensor, the Annotated Transformer):
 //! - linear weights: Xavier-uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); biases zero;
 //! - the (shared) embedding matrix: N(0, d_model^-0.5), so that after the × sqrt(d_model) scaling the
@@ -12,47 +12,11 @@
 //! the seeded RNG (in construction order, so the same seed gives the same model) and keeps it as a
 //! trainable `Var` under its full dotted name, which is also its checkpoint name.
 
+use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rand::{Rng as _, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-
-/// The run's random-number generator: seeded, serialisable, independent of the device.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Rng(ChaCha8Rng);
-
-impl Rng {
-    pub fn seed(seed: u64) -> Self {
-        Self(ChaCha8Rng::seed_from_u64(seed))
-    }
-
-    /// A uniform float in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        self.0.random::<f32>()
-    }
-
-    /// A standard-normal float (Box–Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u1 = 1.0 - self.0.random::<f64>(); // (0, 1], so ln is finite
-        let u2 = self.0.random::<f64>();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-
-    /// A uniform index in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0.random_range(0..n)
-    }
-
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            xs.swap(i, self.below(i + 1));
-        }
-    }
-}
 
 /// Xavier-uniform hint for a (fan_out, fan_in) weight.
 pub fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {

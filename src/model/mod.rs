@@ -5,61 +5,22 @@
 //! are the checkpoint's tensor names. Linear weights are stored (out, in), as in PyTorch.
 
 pub mod attention;
-pub mod cpu;
 pub mod decoder;
 pub mod embedding;
 pub mod encoder;
 pub mod feed_forward;
-pub mod fused_layer_norm;
-pub mod fused_softmax;
 pub mod init;
+pub mod linear;
 pub mod mask;
 pub mod norm;
 
 use crate::config::ModelConfig;
 use candle_core::{Device, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use decoder::Decoder;
 use embedding::{embed, PositionalEncoding};
 use encoder::Encoder;
 use init::{embedding_normal, Mode};
-
-/// A linear layer y = x Wᵀ + b with weight (out, in) and bias (out).
-///
-/// Two CPU speed choices, same function:
-/// - the leading dimensions are flattened into one (rows, in) × (in, out) product, where
-///   `candle_nn::Linear` runs one small product per batch row;
-/// - the bias is added as the outer product 1·bᵀ of a ones column and the bias row, so that its gradient
-///   is the matrix product 1ᵀ·∂y rather than candle's slow strided sum over the leading dimension that a
-///   broadcast add would need in backward.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// # Shapes
-    /// - `x`: (..., in) → (..., out)
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let d_in = dims.pop().unwrap_or(1);
-        let d_out = self.weight.dim(0)?;
-        let rows: usize = dims.iter().product();
-        let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-        let bias = ones.matmul(&self.bias.reshape((1, d_out))?)?; // (rows, out), every row b
-        let y = (x.reshape((rows, d_in))?.matmul(&self.weight.t()?)? + bias)?;
-        dims.push(d_out);
-        y.reshape(dims)
-    }
-}
-
-/// A linear layer with weight (out, in) initialised by `init` and a zero bias.
-pub(crate) fn linear(d_in: usize, d_out: usize, init: Init, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get_with_hints((d_out, d_in), "weight", init)?;
-    let bias = vb.get_with_hints(d_out, "bias", Init::Const(0.0))?;
-    Ok(Linear { weight, bias })
-}
 
 /// The embedding matrices: one shared tensor when tied, three when not.
 #[derive(Debug, Clone)]
@@ -106,6 +67,16 @@ impl Transformer {
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
             dropout: cfg.dropout,
         })
+    }
+
+    /// The longest sequence the positional-encoding table covers (`model.max_positions`).
+    pub fn max_positions(&self) -> usize {
+        self.positional.table().dims()[0]
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.positional.table().device()
     }
 
     /// Embeds the source and runs the encoder stack.

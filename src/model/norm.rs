@@ -29,7 +29,7 @@ impl LayerNorm {
 
     /// (x - mean) / sqrt(var + eps) · weight + bias, with the biased variance.
     ///
-    /// On CPU in f32/f64 this runs the fused op of [`super::fused_layer_norm`] (one pass forward, one
+    /// On CPU in f32/f64 this runs the fused op of [`crate::ops::layer_norm`] (one pass forward, one
     /// pass backward); elsewhere the [`Self::forward_reference`] tensor-op path.
     ///
     /// # Shapes
@@ -39,7 +39,7 @@ impl LayerNorm {
         if !fused {
             return self.forward_reference(x);
         }
-        let op = super::fused_layer_norm::FusedLayerNorm { eps: self.eps };
+        let op = crate::ops::layer_norm::FusedLayerNorm { eps: self.eps };
         x.contiguous()?.apply_op3(&self.weight, &self.bias, op)
     }
 
@@ -129,7 +129,7 @@ mod tests {
             let w = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.3, 1.0], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             store.vars()[1].1.set(&w).unwrap();
             store.vars()[0].1.set(&(&w * 0.1).unwrap()).unwrap();
-            let mut rng = crate::model::init::Rng::seed(5);
+            let mut rng = crate::rng::Rng::seed(5);
             let data: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal() * 3.0 + 1.0).collect();
             let x =
                 Var::from_tensor(&Tensor::from_vec(data, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap())

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::config::Norm;
-use crate::model::init::Rng;
 use crate::model::mask::padding_mask;
+use crate::rng::Rng;
 use candle_core::{DType, IndexOp, D};
 
 fn tiny(norm: Norm) -> ModelConfig {
@@ -43,7 +43,7 @@ fn every_parameter_gets_a_nonzero_gradient() {
         let mut rng = Rng::seed(1);
         let logits =
             model.forward(&src, &padding_mask(&src, 0).unwrap(), &tgt_in, &mut Mode::Train { rng: &mut rng }).unwrap();
-        let loss = crate::train::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap();
+        let loss = crate::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap();
         let grads = loss.loss.backward().unwrap();
         for (name, var) in store.vars() {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
@@ -170,7 +170,7 @@ fn finite_differences_agree_with_backprop_in_f64() {
     let tgt_out = ids(&[&[4, 6, 2], &[5, 2, 0]]);
     let loss = || {
         let logits = model.forward(&src, &mask, &tgt_in, &mut Mode::Eval).unwrap();
-        crate::train::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap().loss
+        crate::loss::label_smoothed_cross_entropy(&logits, &tgt_out, 0, 0.1).unwrap().loss
     };
     let grads = loss().backward().unwrap();
     let h = 1e-6;

@@ -1,18 +1,18 @@
-//! Checkpoints: the weights (what `translate` loads; see docs/CHECKPOINT.md), Adam's m and v, and the
-//! training state (step, epoch, position in the epoch's batch order, the dropout RNG).
+//! Checkpoints: the weights (what `translate` loads, through [`crate::weights`]; see docs/CHECKPOINT.md),
+//! Adam's m and v, and the training state (step, epoch, position in the epoch's batch order, the dropout RNG).
 //!
 //! Each file is written atomically; the state file is written last, and a checkpoint counts only once
 //! it exists, so a crash mid-save leaves the previous checkpoint as the latest one.
 
 use super::early_stop::BestTracker;
 use super::optim::Adam;
-use crate::model::init::{ParamStore, Rng};
-use crate::run_dir::{write_atomic, RunDir};
+use crate::model::init::ParamStore;
+use crate::rng::Rng;
+use crate::run_dir::{parse_checkpoint_name, write_atomic, RunDir};
+use crate::weights::{load_tensors, load_weights, save_tensors};
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::path::Path;
 
 /// Everything besides tensors that a run needs to continue exactly.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,14 +28,6 @@ pub struct TrainState {
     pub rng: Rng,
     /// Best validation so far and the patience count.
     pub best: BestTracker,
-}
-
-/// Writes named tensors as a safetensors file, atomically. The file is serialized in memory and written
-/// by `write_atomic`, so that a failure (a full disk, a read-only directory) is one plain I/O error.
-pub fn save_tensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<()> {
-    let bytes =
-        safetensors::serialize(tensors, None).with_context(|| format!("cannot serialize {}", path.display()))?;
-    write_atomic(path, &bytes)
 }
 
 fn create_dir(run: &RunDir) -> Result<()> {
@@ -96,7 +88,7 @@ pub fn remove_incomplete(run: &RunDir) -> Result<usize> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let step = name.strip_prefix("ckpt-").and_then(|s| s.split('.').next()).and_then(|s| s.parse::<usize>().ok());
+        let step = parse_checkpoint_name(&name).map(|(step, _)| step);
         let stale_tmp = name.starts_with('.') && name.ends_with(".tmp");
         let orphan = step.is_some_and(|s| !complete.contains(&s));
         if stale_tmp || orphan {
@@ -105,32 +97,6 @@ pub fn remove_incomplete(run: &RunDir) -> Result<usize> {
         }
     }
     Ok(removed)
-}
-
-/// Loads a safetensors file; a missing, unreadable, truncated or corrupt file is an error naming it.
-pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    if !path.is_file() {
-        anyhow::bail!("checkpoint {} does not exist", path.display());
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    parse_tensors(&bytes, path, device)
-}
-
-/// Parses the contents of the safetensors file `path`.
-pub fn parse_tensors(bytes: &[u8], path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load_buffer(bytes, device)
-        .with_context(|| format!("checkpoint {} is not a readable safetensors file", path.display()))
-}
-
-/// Loads model weights into `store`, with errors naming the file.
-pub fn load_weights(path: &Path, store: &ParamStore) -> Result<()> {
-    let tensors = load_tensors(path, &Device::Cpu)?;
-    fit_weights(&tensors, path, store)
-}
-
-/// Copies checkpoint tensors into `store`; a missing, extra or misshapen tensor is an error naming `path`.
-pub fn fit_weights(tensors: &HashMap<String, Tensor>, path: &Path, store: &ParamStore) -> Result<()> {
-    store.load(tensors).with_context(|| format!("checkpoint {} does not fit this model", path.display()))
 }
 
 /// Restores weights, optimizer and training state of the checkpoint at `step`.

@@ -5,10 +5,11 @@
 //! update's target-token count, so an update over several batches has exactly the gradient of one big
 //! batch (not the mean of per-batch means).
 
-use super::loss::label_smoothed_cross_entropy;
 use crate::data::batch::Batch;
-use crate::model::init::{Mode, Rng};
+use crate::loss::label_smoothed_cross_entropy;
+use crate::model::init::Mode;
 use crate::model::Transformer;
+use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, Var};
 
 /// One update's gradients (in parameter order) and loss statistics.

@@ -7,17 +7,15 @@
 
 pub mod checkpoint;
 pub mod early_stop;
-pub mod fused_loss;
 pub mod gradients;
 pub mod log;
-pub mod loss;
 pub mod optim;
 pub mod schedule;
 
 use crate::config::{BestMetric, Config};
 use crate::data::batch::{epoch_order, make_batches, Batch, Example};
 use crate::data::tokenizer::Tokenizer;
-use crate::decode::{Search, Translator};
+use crate::decode::Translator;
 use crate::eval::{teacher_forced_loss, ScoreReport};
 use crate::model::init::ParamStore;
 use crate::model::Transformer;
@@ -89,6 +87,37 @@ struct EpochOrder {
     order: Vec<usize>,
 }
 
+/// What the training loop carries from one update to the next.
+struct Loop {
+    metrics: MetricsLog,
+    progress: Progress,
+    started: Instant,
+    interval: Interval,
+    last_valid_bleu: Option<f64>,
+    last_saved: Option<usize>,
+    skipped_in_a_row: usize,
+    skipped: usize,
+    reason: StopReason,
+}
+
+impl Loop {
+    fn new(run: &RunDir, max_steps: usize, step: usize) -> Self {
+        let progress = Progress::new(max_steps as u64, "steps");
+        progress.set_position(step as u64, String::new());
+        Self {
+            metrics: MetricsLog::new(&run.metrics()),
+            progress,
+            started: Instant::now(),
+            interval: Interval::default(),
+            last_valid_bleu: None,
+            last_saved: None,
+            skipped_in_a_row: 0,
+            skipped: 0,
+            reason: StopReason::MaxSteps,
+        }
+    }
+}
+
 impl Trainer<'_> {
     /// The next batch of the seeded order, moving to the next epoch at the end of one; None once
     /// `max_epochs` is done.
@@ -148,98 +177,121 @@ impl Trainer<'_> {
         Ok(true)
     }
 
+    /// The next update's batches (`update_freq` of them, fewer at the end of the last epoch).
+    fn next_group(&mut self, batches: &[Vec<usize>], order: &mut Option<EpochOrder>) -> Result<Vec<Batch>> {
+        let mut group = Vec::with_capacity(self.cfg.train.update_freq);
+        while group.len() < self.cfg.train.update_freq {
+            let Some(b) = self.next_batch(batches, order) else { break };
+            let examples: Vec<&Example> = batches[b].iter().map(|&i| &self.train[i]).collect();
+            group.push(Batch::new(&examples, self.tokenizer.specials, &self.device)?);
+        }
+        Ok(group)
+    }
+
     /// Trains until `max_steps`, `max_epochs`, early stopping or an interrupt, then writes a final
     /// checkpoint.
     pub fn run(&mut self) -> Result<Summary> {
         let t = self.cfg.train.clone();
         let batches = make_batches(&self.train, t.batch_tokens);
-        let metrics = MetricsLog::new(&self.run.metrics());
-        let progress = Progress::new(t.max_steps as u64, "steps");
-        progress.set_position(self.state.step as u64, String::new());
-        let started = Instant::now();
-        let (mut interval, mut order) = (Interval::default(), None);
-        let (mut last_valid_bleu, mut last_saved) = (None, None);
-        let (mut skipped_in_a_row, mut skipped) = (0, 0);
-        let mut reason = StopReason::MaxSteps;
+        let mut lp = Loop::new(&self.run, t.max_steps, self.state.step);
+        let mut order = None;
         while self.state.step < t.max_steps {
-            let mut group = Vec::with_capacity(t.update_freq);
-            while group.len() < t.update_freq {
-                let Some(b) = self.next_batch(&batches, &mut order) else { break };
-                let examples: Vec<&Example> = batches[b].iter().map(|&i| &self.train[i]).collect();
-                group.push(Batch::new(&examples, self.tokenizer.specials, &self.device)?);
-            }
+            let group = self.next_group(&batches, &mut order)?;
             if group.is_empty() {
-                reason = StopReason::MaxEpochs;
+                lp.reason = StopReason::MaxEpochs;
                 break;
             }
-            interval.start.get_or_insert_with(Instant::now);
-            if !self.update(&group, &mut interval)? {
-                skipped += 1;
-                skipped_in_a_row += 1;
-                progress.println(&format!("step {}: non-finite loss or gradient, update skipped", self.state.step + 1));
-                if skipped_in_a_row >= t.max_skipped_steps {
-                    bail!(
-                        "{skipped_in_a_row} updates in a row had a non-finite loss or gradient after step {}: stopped \
-                         without saving them (lower train.lr_scale, set train.clip_norm, or check the data)",
-                        self.state.step
-                    );
-                }
+            lp.interval.start.get_or_insert_with(Instant::now);
+            if !self.update(&group, &mut lp.interval)? {
+                self.skipped(&mut lp)?;
                 continue;
             }
-            skipped_in_a_row = 0;
+            lp.skipped_in_a_row = 0;
+            self.log_when_due(&mut lp)?;
+            self.validate_when_due(&mut lp)?;
+            if self.interrupt.load(Ordering::SeqCst) {
+                lp.reason = StopReason::Interrupted;
+            }
             let step = self.state.step;
-            if step.is_multiple_of(t.log_every) || step == t.max_steps {
-                let line = self.train_line(&interval, started);
-                let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
-                progress.set_position(step as u64, msg.clone());
-                if !progress.is_bar() {
-                    progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
-                }
-                metrics.write(&line)?;
-                interval = Interval::default();
-            }
-            if t.valid_every > 0 && step.is_multiple_of(t.valid_every) {
-                if let Some(v) = self.validate(started)? {
-                    progress.println(&format!(
-                        "step {step}: valid loss {:.3} ppl {:.2} BLEU {:.2} chrF2 {:.2}",
-                        v.valid_loss, v.valid_ppl, v.valid_bleu, v.valid_chrf
-                    ));
-                    last_valid_bleu = Some(v.valid_bleu);
-                    metrics.write(&v)?;
-                    let (name, value) = match t.best_metric {
-                        BestMetric::Loss => ("loss", v.valid_loss),
-                        BestMetric::Bleu => ("bleu", v.valid_bleu),
-                    };
-                    match self.state.best.observe(t.best_metric, value, step, t.patience) {
-                        Verdict::Improved => checkpoint::save_best(&self.run, self.store, step, name, value)?,
-                        Verdict::NotImproved => {}
-                        Verdict::Stop => reason = StopReason::EarlyStopping,
-                    }
-                }
-            }
-            let interrupted = self.interrupt.load(Ordering::SeqCst);
-            if interrupted {
-                reason = StopReason::Interrupted;
-            }
-            if step.is_multiple_of(t.checkpoint_every) || interrupted || reason == StopReason::EarlyStopping {
+            if step.is_multiple_of(t.checkpoint_every) || lp.reason != StopReason::MaxSteps {
                 self.save()?;
-                last_saved = Some(step);
+                lp.last_saved = Some(step);
             }
-            if reason != StopReason::MaxSteps {
+            if lp.reason != StopReason::MaxSteps {
                 break;
             }
         }
-        progress.finish();
-        if last_saved != Some(self.state.step) {
+        lp.progress.finish();
+        if lp.last_saved != Some(self.state.step) {
             self.save()?;
         }
         Ok(Summary {
             steps: self.state.step,
             epochs: self.state.epoch,
-            last_valid_bleu,
-            skipped_updates: skipped,
-            reason,
+            last_valid_bleu: lp.last_valid_bleu,
+            skipped_updates: lp.skipped,
+            reason: lp.reason,
         })
+    }
+
+    /// Counts an update skipped for a non-finite loss or gradient; too many in a row end the run.
+    fn skipped(&self, lp: &mut Loop) -> Result<()> {
+        lp.skipped += 1;
+        lp.skipped_in_a_row += 1;
+        lp.progress.println(&format!("step {}: non-finite loss or gradient, update skipped", self.state.step + 1));
+        if lp.skipped_in_a_row >= self.cfg.train.max_skipped_steps {
+            bail!(
+                "{} updates in a row had a non-finite loss or gradient after step {}: stopped without saving them \
+                 (lower train.lr_scale, set train.clip_norm, or check the data)",
+                lp.skipped_in_a_row,
+                self.state.step
+            );
+        }
+        Ok(())
+    }
+
+    /// Every `log_every` steps (and at the last): a metrics line, the progress bar or a log line.
+    fn log_when_due(&self, lp: &mut Loop) -> Result<()> {
+        let (t, step) = (&self.cfg.train, self.state.step);
+        if !(step.is_multiple_of(t.log_every) || step == t.max_steps) {
+            return Ok(());
+        }
+        let line = self.train_line(&lp.interval, lp.started);
+        let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
+        lp.progress.set_position(step as u64, msg.clone());
+        if !lp.progress.is_bar() {
+            lp.progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
+        }
+        lp.metrics.write(&line)?;
+        lp.interval = Interval::default();
+        Ok(())
+    }
+
+    /// Every `valid_every` steps: validate, log, keep the best checkpoint, and stop early when patience
+    /// runs out.
+    fn validate_when_due(&mut self, lp: &mut Loop) -> Result<()> {
+        let (cfg, step) = (self.cfg, self.state.step);
+        let t = &cfg.train;
+        if t.valid_every == 0 || !step.is_multiple_of(t.valid_every) {
+            return Ok(());
+        }
+        let Some(v) = self.validate(lp.started)? else { return Ok(()) };
+        lp.progress.println(&format!(
+            "step {step}: valid loss {:.3} ppl {:.2} BLEU {:.2} chrF2 {:.2}",
+            v.valid_loss, v.valid_ppl, v.valid_bleu, v.valid_chrf
+        ));
+        lp.last_valid_bleu = Some(v.valid_bleu);
+        lp.metrics.write(&v)?;
+        let (name, value) = match t.best_metric {
+            BestMetric::Loss => ("loss", v.valid_loss),
+            BestMetric::Bleu => ("bleu", v.valid_bleu),
+        };
+        match self.state.best.observe(t.best_metric, value, step, t.patience) {
+            Verdict::Improved => checkpoint::save_best(&self.run, self.store, step, name, value)?,
+            Verdict::NotImproved => {}
+            Verdict::Stop => lp.reason = StopReason::EarlyStopping,
+        }
+        Ok(())
     }
 
     fn save(&self) -> Result<()> {
@@ -263,7 +315,8 @@ impl Trainer<'_> {
         }
     }
 
-    /// Loss on the whole valid set and BLEU of greedy translations of (a prefix of) it.
+    /// Loss on the whole valid set and BLEU of translations of (a prefix of) it, made with the `decode`
+    /// section's validation settings (greedy by default).
     pub fn validate(&self, started: Instant) -> Result<Option<ValidLine>> {
         let Some(v) = &self.valid else { return Ok(None) };
         let t = &self.cfg.train;
@@ -272,14 +325,7 @@ impl Trainer<'_> {
             0 => v.src_lines.len(),
             n => n.min(v.src_lines.len()),
         };
-        let translator = Translator {
-            model: self.model,
-            tokenizer: self.tokenizer,
-            device: self.device.clone(),
-            max_positions: self.cfg.model.max_positions,
-            batch_size: 64,
-            search: Search::Greedy,
-        };
+        let translator = Translator::new(self.model, self.tokenizer, &self.cfg.decode.for_validation());
         let hyps = translator.translate(&v.src_lines[..n], |_| {})?;
         let report = ScoreReport::new(&hyps, &[v.ref_lines[..n].to_vec()], Default::default());
         Ok(Some(ValidLine {

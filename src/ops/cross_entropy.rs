@@ -1,9 +1,9 @@
 //! Label-smoothed cross-entropy fused into one op with its own backward pass, for CPU tensors in f32 or f64.
 //!
-//! The reference path ([`super::loss::label_smoothed_cross_entropy_reference`]) builds the loss from
+//! The reference path ([`crate::loss::label_smoothed_cross_entropy_reference`]) builds the loss from
 //! `log_softmax`, `gather` and `mean`. Each of those is a pass over the (tokens, vocab) logits, forward and
 //! backward, and the logits are the largest tensor of a training step. This op reads each row twice in the
-//! forward pass and twice in the backward pass, in parallel over rows. Tests in `loss.rs` check values and
+//! forward pass and twice in the backward pass, in parallel over rows. Tests in `src/loss.rs` check values and
 //! gradients against the reference path.
 //!
 //! Per row with logits x (width V), lse = log Σ_v exp(x_v), reference token y and keep = [y ≠ pad]:
@@ -17,7 +17,7 @@
 //!
 //! The output is (rows, 2): the columns are `loss` and `keep · nll`. Only the first carries a gradient.
 
-use crate::model::cpu::{contiguous_slice, Real};
+use super::cpu::{contiguous_slice, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;

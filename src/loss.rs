@@ -3,10 +3,10 @@
 //! With smoothing ε and vocabulary V, the target distribution puts 1-ε on the reference token and spreads
 //! ε uniformly over all V tokens (fairseq's and the Annotated Transformer's convention):
 //! loss = (1-ε)·(-log p(y)) + ε·mean_v(-log p(v)), averaged over non-padding target tokens.
-//! On CPU a fused op computes it ([`super::fused_loss`]); the reference path is built from `log_softmax` and
+//! On CPU a fused op computes it ([`crate::ops::cross_entropy`]); the reference path is built from `log_softmax` and
 //! `gather`, both differentiable in candle.
 
-use super::fused_loss::FusedSmoothedCrossEntropy;
+use crate::ops::cross_entropy::FusedSmoothedCrossEntropy;
 use candle_core::{DType, Result, Tensor, D};
 
 /// Loss of one batch: the smoothed training loss (a scalar tensor to backpropagate) and the plain
@@ -20,7 +20,7 @@ pub struct Loss {
     pub tokens: usize,
 }
 
-/// The loss of a batch: the fused op ([`super::fused_loss`]) for CPU tensors in f32 or f64, the reference
+/// The loss of a batch: the fused op ([`crate::ops::cross_entropy`]) for CPU tensors in f32 or f64, the reference
 /// path otherwise (CUDA).
 ///
 /// # Shapes
@@ -89,7 +89,7 @@ mod tests {
     /// to rounding in f64, and to f32 precision in f32 (the dtype training uses).
     #[test]
     fn fused_equals_reference_in_value_and_gradient() {
-        let mut rng = crate::model::init::Rng::seed(11);
+        let mut rng = crate::rng::Rng::seed(11);
         let (batch, len, vocab) = (3, 5, 37);
         let data: Vec<f64> = (0..batch * len * vocab).map(|_| 3.0 * rng.normal() as f64).collect();
         let ids: Vec<u32> = (0..batch * len).map(|i| if i % 4 == 3 { 0 } else { (i * 7 % vocab) as u32 }).collect();

@@ -1,7 +1,7 @@
 //! A fused LayerNorm with its own backward pass, for CPU tensors in f32 or f64.
 //!
 //! candle 0.11's `ops::layer_norm` has no backward, and LayerNorm written with tensor ops (the reference
-//! path in [`super::norm`]) is correct but slow to differentiate: the gradients of the gain and bias are
+//! path in [`crate::model::norm`]) is correct but slow to differentiate: the gradients of the gain and bias are
 //! sums over all leading dimensions, which candle's CPU backend does one element at a time. This op
 //! computes the forward pass in one sweep over each row and the whole backward pass (∂x, ∂γ, ∂β) in one
 //! more, in parallel over rows. Tests in `norm.rs` check it against the reference path.

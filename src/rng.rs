@@ -1,0 +1,41 @@
+//! The run's random-number generator: seeded, serialisable (a checkpoint carries it), independent of the
+//! device. candle 0.11 cannot seed its CPU RNG, so weight initialisation, dropout, batch order and sampling
+//! all draw from this one.
+
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The run's random-number generator: seeded, serialisable, independent of the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rng(ChaCha8Rng);
+
+impl Rng {
+    pub fn seed(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// A uniform float in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0.random::<f32>()
+    }
+
+    /// A standard-normal float (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = 1.0 - self.0.random::<f64>(); // (0, 1], so ln is finite
+        let u2 = self.0.random::<f64>();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    /// A uniform index in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            xs.swap(i, self.below(i + 1));
+        }
+    }
+}
