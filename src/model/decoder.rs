@@ -6,7 +6,7 @@ use super::attention::{KvCache, MultiHeadAttention};
 use super::feed_forward::FeedForward;
 use super::init::Mode;
 use super::norm::{LayerNorm, SublayerConnection};
-use crate::config::{ModelConfig, Norm};
+use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -104,11 +104,7 @@ impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let layers =
             (0..cfg.decoder_layers).map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
-        let final_norm = match cfg.norm {
-            Norm::Pre => Some(LayerNorm::new(cfg, vb.pp("final_norm"))?),
-            Norm::Post => None,
-        };
-        Ok(Self { layers, final_norm })
+        Ok(Self { layers, final_norm: LayerNorm::final_of_stack(cfg, vb)? })
     }
 
     /// Starts incremental decoding over `memory`: cross-attention keys and values are computed here, once.

@@ -5,7 +5,7 @@ use super::attention::MultiHeadAttention;
 use super::feed_forward::FeedForward;
 use super::init::Mode;
 use super::norm::{LayerNorm, SublayerConnection};
-use crate::config::{ModelConfig, Norm};
+use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -47,11 +47,7 @@ impl Encoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let layers =
             (0..cfg.encoder_layers).map(|i| EncoderLayer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
-        let final_norm = match cfg.norm {
-            Norm::Pre => Some(LayerNorm::new(cfg, vb.pp("final_norm"))?),
-            Norm::Post => None,
-        };
-        Ok(Self { layers, final_norm })
+        Ok(Self { layers, final_norm: LayerNorm::final_of_stack(cfg, vb)? })
     }
 
     /// # Shapes

@@ -27,6 +27,15 @@ impl LayerNorm {
         Ok(Self { weight, bias, eps: cfg.layer_norm_eps })
     }
 
+    /// The LayerNorm at the end of a stack: only with pre-norm (a deviation from the paper), named
+    /// `final_norm`.
+    pub fn final_of_stack(cfg: &ModelConfig, vb: VarBuilder) -> Result<Option<Self>> {
+        match cfg.norm {
+            crate::config::Norm::Pre => Ok(Some(Self::new(cfg, vb.pp("final_norm"))?)),
+            crate::config::Norm::Post => Ok(None),
+        }
+    }
+
     /// (x - mean) / sqrt(var + eps) · weight + bias, with the biased variance.
     ///
     /// On CPU in f32/f64 this runs the fused op of [`crate::ops::layer_norm`] (one pass forward, one
