@@ -17,6 +17,7 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`train::loss`] |
 //! | §6.1 decoding | [`decode`] |
 //! | BLEU (sacreBLEU-compatible) | [`eval::score`] |
+//! | pictures: heatmaps, positional encoding, training curves | [`viz`] |
 //!
 //! Fast paths, each with the plain tensor-op version kept beside it as the reference that tests compare
 //! against: the fused CPU ops with their own backward passes ([`model::fused_layer_norm`],
@@ -32,3 +33,4 @@ pub mod model;
 pub mod progress;
 pub mod run_dir;
 pub mod train;
+pub mod viz;
