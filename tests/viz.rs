@@ -198,16 +198,9 @@ fn plot_draws_every_series_with_its_name_and_axis_labels() {
     assert_eq!(lines.get(&10), Some(&3), "{lines:?}");
     assert_eq!(lines.get(&3), Some(&3), "{lines:?}");
     let texts = texts(&doc);
-    for t in [
-        "training loss (label-smoothed)",
-        "training NLL",
-        "validation NLL",
-        "BLEU",
-        "chrF2",
-        "learning rate",
-        "step",
-        "Learning rate",
-    ] {
+    for t in
+        ["training loss (label-smoothed)", "training NLL", "validation NLL", "BLEU", "chrF2", "step", "Learning rate"]
+    {
         assert!(texts.iter().any(|x| x == t), "no text {t:?} in {texts:?}");
     }
     let dots = doc.descendants().filter(|n| n.has_tag_name("circle")).count();

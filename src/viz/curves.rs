@@ -225,8 +225,9 @@ fn draw_panel<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(steps.0..steps.1, y_lo..y_hi)?;
-    let x_fmt = |v: &f64| format!("{v:.0}");
-    let y_fmt = |v: &f64| number_label(*v, y_hi - y_lo);
+    // Steps are whole numbers: a short run gets ticks between them, which stay unlabelled.
+    let x_fmt = |v: &f64| if v.fract() == 0.0 { format!("{v:.0}") } else { String::new() };
+    let y_fmt = |v: &f64| number_label(*v, (y_lo, y_hi));
     chart
         .configure_mesh()
         .x_desc("step")
@@ -239,17 +240,22 @@ fn draw_panel<DB: DrawingBackend>(
         .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
         .draw()?;
-    for s in &panel.series {
+    for s in panel.series.iter().filter(|s| !s.points.is_empty()) {
         let style = s.colour.stroke_width(2);
+        // A line through one point draws nothing, so a lone point gets its dot too.
         let dots = match s.marks {
-            Marks::Line => 0,
-            Marks::LineAndDots => 3,
+            Marks::Line if s.points.len() > 1 => 0,
+            _ => 3,
         };
         let colour = s.colour;
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(dots))?
             .label(s.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    // A lone series is named by the panel's caption.
+    if panel.series.len() < 2 {
+        return Ok(());
     }
     chart
         .configure_series_labels()

@@ -217,7 +217,7 @@ impl Heatmap {
         let bar_x = left + grid.0 + BAR_GAP;
         let (lo, hi) = self.range();
         let tick_w = (0..BAR_TICKS)
-            .map(|k| text_size(&number_label(lo + (hi - lo) * k as f64 / (BAR_TICKS - 1) as f64, hi - lo), LABEL).0)
+            .map(|k| text_size(&number_label(lo + (hi - lo) * k as f64 / (BAR_TICKS - 1) as f64, (lo, hi)), LABEL).0)
             .max()
             .unwrap_or(0) as i32;
         let width = (bar_x + BAR_W + GAP + tick_w + MARGIN).max(text_size(&self.title, TITLE).0 as i32 + 2 * MARGIN);
@@ -336,7 +336,7 @@ impl Heatmap {
             let t = k as f64 / (BAR_TICKS - 1) as f64;
             let y = top + l.bar_h - (t * l.bar_h as f64).round() as i32;
             area.draw(&PathElement::new(vec![(x1, y), (x1 + 4, y)], BLACK))?;
-            let label = number_label(lo + (hi - lo) * t, hi - lo);
+            let label = number_label(lo + (hi - lo) * t, (lo, hi));
             area.draw(&Text::new(label, (x1 + GAP + 2, y), text(LABEL, HPos::Left, VPos::Center)))?;
         }
         Ok(())

@@ -130,9 +130,10 @@ pub(crate) fn text_size(s: &str, size: u32) -> (u32, u32) {
     }
 }
 
-/// A short, readable label for `v` on an axis whose values span `span`.
-pub(crate) fn number_label(v: f64, span: f64) -> String {
-    let span = span.abs();
+/// A short, readable label for `v` on an axis from `lo` to `hi`; every label of one axis gets the same
+/// precision.
+pub(crate) fn number_label(v: f64, (lo, hi): (f64, f64)) -> String {
+    let span = (hi - lo).abs();
     let decimals = if span >= 100.0 {
         0
     } else if span >= 10.0 {
@@ -140,7 +141,10 @@ pub(crate) fn number_label(v: f64, span: f64) -> String {
     } else if span >= 0.1 {
         2
     } else {
-        return format!("{v:.1e}");
+        // Ticks are about span / 10 apart: give the mantissa enough digits to tell them apart.
+        let magnitude = lo.abs().max(hi.abs());
+        let digits = ((magnitude / span).log10().ceil() as i64).saturating_add(1).clamp(1, 6) as usize;
+        return format!("{v:.digits$e}");
     };
     let s = format!("{v:.decimals$}");
     // "-0.00" reads as a bug.
@@ -166,11 +170,16 @@ mod tests {
 
     #[test]
     fn number_labels_are_short_and_never_negative_zero() {
-        assert_eq!(number_label(-0.0001, 2.0), "0.00");
-        assert_eq!(number_label(-0.5, 2.0), "-0.50");
-        assert_eq!(number_label(12.345, 50.0), "12.3");
-        assert_eq!(number_label(600.0, 600.0), "600");
-        assert_eq!(number_label(0.0007, 0.001), "7.0e-4");
+        assert_eq!(number_label(-0.0001, (-1.0, 1.0)), "0.00");
+        assert_eq!(number_label(-0.5, (-1.0, 1.0)), "-0.50");
+        assert_eq!(number_label(12.345, (0.0, 50.0)), "12.3");
+        assert_eq!(number_label(600.0, (0.0, 600.0)), "600");
+        assert_eq!(number_label(0.0007, (0.0, 0.001)), "7.0e-4");
+        // Learning rates close together still get distinct labels, all with the same precision.
+        assert_eq!(number_label(0.00110, (0.0009, 0.0011)), "1.10e-3");
+        assert_eq!(number_label(0.00108, (0.0009, 0.0011)), "1.08e-3");
+        assert_eq!(number_label(0.0009, (0.0009, 0.0011)), "9.00e-4");
+        assert_eq!(number_label(1.0, (1.0, 1.0)), "1.000000e0", "no overflow on an empty span");
     }
 
     #[test]

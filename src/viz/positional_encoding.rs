@@ -35,7 +35,7 @@ pub fn column_dims(d_model: usize, layout: Layout) -> Vec<usize> {
 pub fn heatmap(positions: usize, d_model: usize, layout: Layout) -> Result<Heatmap> {
     ensure!(positions >= 1, "--positions must be at least 1, got {positions}");
     ensure!(
-        d_model >= 2 && d_model % 2 == 0,
+        d_model >= 2 && d_model.is_multiple_of(2),
         "--d-model must be a positive even number (dimensions 2i and 2i+1 pair a sine with a cosine), got {d_model}"
     );
     ensure!(
@@ -69,7 +69,7 @@ mod tests {
     /// The paper's formula, written out here independently of the model's code.
     fn paper(pos: usize, dim: usize, d_model: usize) -> f64 {
         let angle = pos as f64 / 10000f64.powf((dim - dim % 2) as f64 / d_model as f64);
-        if dim % 2 == 0 {
+        if dim.is_multiple_of(2) {
             angle.sin()
         } else {
             angle.cos()
