@@ -27,6 +27,10 @@ pub enum Command {
     Info(InfoArgs),
     /// Average the weights of a run's last K checkpoints into a new checkpoint (paper §6.1).
     Average(AverageArgs),
+    /// Plot training and validation loss, validation BLEU and the learning rate from a run's metrics.jsonl.
+    Plot(PlotArgs),
+    /// Pictures of the model's parts: `nmt inspect positional-encoding`.
+    Inspect(InspectArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,4 +234,56 @@ pub struct AverageArgs {
     /// Where to write the averaged weights; defaults to <model>/checkpoints/average-last<K>.safetensors.
     #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+// Pictures (issue 13): `nmt plot` and `nmt inspect`.
+
+/// The format of a picture.
+#[derive(Debug, Args)]
+pub struct PictureFlags {
+    /// svg or png. Without it, an output file named *.png gets png, and anything else svg.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::viz::Format>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directory written by `nmt train`; its metrics.jsonl is read.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Picture to write; defaults to <model>/metrics.svg (metrics.png with --format png).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub picture: PictureFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    pub what: InspectCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// The sinusoidal positional encoding (paper §3.5) as a heatmap: positions down, dimensions across.
+    PositionalEncoding(PositionalEncodingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PositionalEncodingArgs {
+    /// Number of positions (rows), counted from 0.
+    #[arg(long, default_value_t = 50)]
+    pub positions: usize,
+    /// Model width: the number of dimensions (columns); even.
+    #[arg(long, default_value_t = 512)]
+    pub d_model: usize,
+    /// Column order: the model's (interleaved), or all sines then all cosines (halves).
+    #[arg(long, value_enum, default_value = "interleaved")]
+    pub layout: crate::viz::positional_encoding::Layout,
+    /// Picture to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub picture: PictureFlags,
 }

@@ -17,6 +17,7 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`loss`] |
 //! | §6.1 decoding (beam search, length penalty), checkpoint averaging | [`decode`], `cmd::average` |
 //! | BLEU and chrF (sacreBLEU-compatible) | [`eval::score`] |
+//! | pictures: heatmaps, positional encoding, training curves | [`viz`] |
 //!
 //! The layers depend one way: `cmd` (the subcommands, glue only) uses `train`, `eval` and `decode`;
 //! `train` uses `eval` and `decode` (validation); `eval` and `decode` use `model`, `loss`, `data` and
@@ -41,4 +42,5 @@ pub mod progress;
 pub mod rng;
 pub mod run_dir;
 pub mod train;
+pub mod viz;
 pub mod weights;

@@ -7,6 +7,9 @@ mod info;
 mod score;
 mod train;
 mod translate;
+// Pictures (issue 13).
+mod inspect;
+mod plot;
 
 use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags, SearchFlags};
 use crate::config::{Config, DecodeConfig};
@@ -17,6 +20,7 @@ use crate::run_dir::RunDir;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::io::Write;
+use std::path::Path;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -26,6 +30,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::Info(a) => info::run(a),
         Command::Average(a) => average::run(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Inspect(a) => inspect::run(a),
     }
 }
 
@@ -114,5 +120,13 @@ pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
         writeln!(out, "{l}")?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Draws `picture` as `format` and writes it to `path` atomically, so a failure leaves no file behind.
+pub(crate) fn save_picture(picture: &impl crate::viz::Picture, format: crate::viz::Format, path: &Path) -> Result<()> {
+    let bytes = crate::viz::render(picture, format)?;
+    crate::run_dir::write_atomic(path, &bytes)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
