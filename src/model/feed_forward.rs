@@ -24,7 +24,7 @@ impl FeedForward {
     /// # Shapes
     /// - `x`: (batch, len, d_model) → (batch, len, d_model), through (batch, len, d_ff)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.w_2.forward(&self.w_1.forward(x)?.relu()?)
+        self.w_2.forward(&self.w_1.forward_relu(x)?)
     }
 }
 

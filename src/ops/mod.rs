@@ -1,15 +1,42 @@
 //! The fast path: fused CPU kernels, each with its own backward pass, one op a file. Each keeps its plain
 //! tensor-op reference beside the code that calls it, and a test compares the two in value and gradient.
 //!
+//! - [`linear`]: x Wᵀ + b, optionally with ReLU (the reference is
+//!   [`crate::model::linear::Linear::forward_reference`]);
 //! - [`layer_norm`]: LayerNorm (the reference is [`crate::model::norm::LayerNorm::forward_reference`]);
 //! - [`softmax`]: the attention softmax (the reference is `candle_nn::ops::softmax`);
 //! - [`cross_entropy`]: label-smoothed cross-entropy (the reference is
 //!   [`crate::loss::label_smoothed_cross_entropy_reference`]);
-//! - [`cpu`]: helpers the kernels share.
+//! - [`gemm`] and [`cpu`]: helpers the kernels share.
 //!
-//! The fused ops run on CPU tensors in f32 or f64; any other device takes the reference path.
+//! [`fused`] is the one switch: the fused ops run on CPU tensors in f32 or f64 unless the reference path
+//! is asked for ([`with_reference_path`], per thread, so that tests and benchmarks can run both paths in
+//! one process); any other device takes the reference path until it has kernels of its own.
 
 pub mod cpu;
 pub mod cross_entropy;
+pub mod gemm;
 pub mod layer_norm;
+pub mod linear;
 pub mod softmax;
+
+use candle_core::{DType, Tensor};
+use std::cell::Cell;
+
+thread_local! {
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the fused op should handle `x`: a CPU tensor in f32 or f64, and the reference path not asked
+/// for on this thread.
+pub fn fused(x: &Tensor) -> bool {
+    !REFERENCE.with(Cell::get) && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Runs `f` with every op on its reference path (on this thread), then restores the previous choice.
+pub fn with_reference_path<R>(f: impl FnOnce() -> R) -> R {
+    let before = REFERENCE.with(|r| r.replace(true));
+    let out = f();
+    REFERENCE.with(|r| r.set(before));
+    out
+}

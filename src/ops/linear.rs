@@ -1,0 +1,158 @@
+//! The linear layer y = x Wᵀ + b as one op with its own backward pass, optionally followed by ReLU (the
+//! first layer of the feed-forward network), for CPU tensors in f32 or f64.
+//!
+//! The reference path ([`crate::model::linear::Linear::forward_reference`]) builds it from a matmul, a
+//! transposed weight and a bias added as an outer product, which is five autograd nodes, each with a
+//! gradient buffer candle zero-fills before adding into it. This op is one node: the forward pass is one
+//! product written over a destination that already holds the bias; the backward pass is two products
+//! and a column sum. Tests compare it with the reference in value and gradient.
+//!
+//! With g = ∂y (times [y > 0] after ReLU): ∂x = g·W, ∂W = gᵀ·x, ∂b = Σ_rows g.
+
+use super::cpu::contiguous_slice;
+use super::gemm::{matmul, threads_for, Mat};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Columns of ∂b per parallel task.
+const COLUMNS_PER_TASK: usize = 64;
+
+pub struct FusedLinear {
+    /// Apply max(0, ·) to the output.
+    pub relu: bool,
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    contiguous_slice(s, l, "fused linear")
+}
+
+/// y = x Wᵀ + b (then ReLU); x (rows, d_in), w (d_out, d_in), b (d_out).
+fn forward<T: WithDType + PartialOrd>(x: &[T], w: &[T], b: &[T], relu: bool) -> Result<Vec<T>> {
+    let (d_out, d_in) = (b.len(), w.len() / b.len().max(1));
+    let rows = x.len() / d_in.max(1);
+    let mut y: Vec<T> = Vec::with_capacity(rows * d_out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    let wt = Mat::rows(w, d_out, d_in, d_in).t();
+    matmul(&mut y, d_out, Mat::rows(x, rows, d_in, d_in), wt, true, threads_for(rows, d_out, d_in))?;
+    if relu {
+        y.par_iter_mut().for_each(|v| {
+            if *v < T::zero() {
+                *v = T::zero()
+            }
+        });
+    }
+    Ok(y)
+}
+
+/// (∂x, ∂W, ∂b) from ∂y; `y` is the op's output (for the ReLU mask); w is (d_out, d_in).
+fn backward<T: WithDType + PartialOrd>(
+    x: &[T],
+    w: &[T],
+    y: &[T],
+    dy: &[T],
+    d_out: usize,
+    relu: bool,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    let d_in = w.len() / d_out.max(1);
+    let rows = dy.len() / d_out.max(1);
+    let masked: Vec<T>;
+    let g = if relu {
+        masked = dy.par_iter().zip(y).map(|(&d, &v)| if v > T::zero() { d } else { T::zero() }).collect();
+        &masked[..]
+    } else {
+        dy
+    };
+    let g_mat = Mat::rows(g, rows, d_out, d_out);
+    let mut dx = vec![T::zero(); rows * d_in];
+    matmul(&mut dx, d_in, g_mat, Mat::rows(w, d_out, d_in, d_in), false, threads_for(rows, d_in, d_out))?;
+    let mut dw = vec![T::zero(); d_out * d_in];
+    matmul(&mut dw, d_in, g_mat.t(), Mat::rows(x, rows, d_in, d_in), false, threads_for(d_out, d_in, rows))?;
+    // Each column is summed over the rows in order by one task: the same result on every run.
+    let mut db = vec![T::zero(); d_out];
+    db.par_chunks_mut(COLUMNS_PER_TASK).enumerate().for_each(|(c, out)| {
+        let start = c * COLUMNS_PER_TASK;
+        let mut acc = vec![0f64; out.len()];
+        for row in g.chunks(d_out) {
+            for (a, v) in acc.iter_mut().zip(&row[start..start + out.len()]) {
+                *a += v.to_f64();
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = T::from_f64(a);
+        }
+    });
+    Ok((dx, dw, db))
+}
+
+impl CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    /// x (rows, d_in), w (d_out, d_in), b (d_out) → (rows, d_out)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, d_in) = l1.shape().dims2()?;
+        let (d_out, w_in) = l2.shape().dims2()?;
+        if w_in != d_in || l3.shape().dims1()? != d_out {
+            candle_core::bail!("fused linear: x {:?}, w {:?}, b {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
+        }
+        let y = match s1 {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(forward::<f32>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.relu)?)
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(forward::<f64>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.relu)?)
+            }
+            other => candle_core::bail!("fused linear: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((y, Shape::from((rows, d_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, w, y, dy) = (x.contiguous()?, w.contiguous()?, y.contiguous()?, dy.contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ys), Storage::Cpu(ds)) = (&*xs, &*ws, &*ys, &*ds) else {
+            candle_core::bail!("fused linear runs on CPU only");
+        };
+        let d_out = b.elem_count();
+        let dev = x.device();
+        macro_rules! run {
+            ($t:ty) => {{
+                let (dx, dw, db) =
+                    backward::<$t>(slice(xs, xl)?, slice(ws, wl)?, slice(ys, yl)?, slice(ds, dl)?, d_out, self.relu)?;
+                (
+                    Tensor::from_vec(dx, x.shape(), dev)?,
+                    Tensor::from_vec(dw, w.shape(), dev)?,
+                    Tensor::from_vec(db, d_out, dev)?,
+                )
+            }};
+        }
+        let (dx, dw, db) = match xs {
+            CpuStorage::F32(_) => run!(f32),
+            CpuStorage::F64(_) => run!(f64),
+            other => candle_core::bail!("fused linear: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
