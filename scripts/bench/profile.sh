@@ -5,7 +5,8 @@
 #
 #   scripts/bench/profile.sh [CONFIG] [STEPS] [OUT_DIR]
 #
-# Defaults: configs/multi30k.json, 10 recorded updates, /tmp/nmt-profile. Environment:
+# Defaults: configs/multi30k.json, 10 recorded updates, /tmp/nmt-profile; relative paths are taken from
+# the repository root. Environment:
 #   NMT         the binary (default ${CARGO_TARGET_DIR:-target}/release/nmt)
 #   THREADS     RAYON_NUM_THREADS for nmt (default 2)
 #   WARMUP      updates before recording starts (default 3)
@@ -57,9 +58,11 @@ kill -0 "$pid" 2>/dev/null || { echo "nmt train ended before recording started:"
 perf record --call-graph "$CALL_GRAPH" -o "$OUT/perf.data" -p "$pid" 2>"$OUT/perf-record.log" || true
 wait "$pid" || { echo "nmt train failed:"; tail "$OUT/train.log"; exit 1; }
 
+# (The sed drops the empty IPC columns perf prints where the CPU has no such counters, e.g. in a VM.)
+tidy() { grep -v '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'; }
 perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort symbol --percent-limit 0.5 2>/dev/null \
-    | grep -v '^$' >"$OUT/report-symbols.txt" || true
-perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^$' >"$OUT/report-dso.txt" || true
+    | tidy >"$OUT/report-symbols.txt" || true
+perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso 2>/dev/null | tidy >"$OUT/report-dso.txt" || true
 perf report -i "$OUT/perf.data" --stdio --children --percent-limit 2 2>/dev/null >"$OUT/report-callers.txt" || true
 echo "updates $((WARMUP + 1))..$((WARMUP + STEPS)) of $CONFIG, $THREADS threads, $(lscpu | sed -n 's/^Model name: *//p')"
 echo "top symbols by self time ($OUT/report-symbols.txt; by library: report-dso.txt; with callers: report-callers.txt):"

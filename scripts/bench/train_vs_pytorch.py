@@ -533,7 +533,7 @@ def summarise(steps, warmup, dump, model_cfg, counts, peak):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/multi30k.json")
     ap.add_argument("--data-dir", help="take the training files (by base name) from this directory")
@@ -561,12 +561,17 @@ def main():
         mode, spec = args._worker
         {"torch": worker_torch, "matmul": worker_matmul}[mode](json.load(open(spec)))
         return
-    if args.write_config:
-        out = os.path.abspath(args.write_config)
-        os.chdir(REPO)
-        json.dump(bench_config(args), open(out, "w"), indent=2)
-        return
+    # Paths given on the command line are taken from the current directory; defaults and the config's own
+    # relative data paths from the repository root, where the script then runs.
+    explicit = set(a[2:].split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--"))
+    for key in ("config", "nmt", "data_dir", "work", "json", "write_config"):
+        path = getattr(args, key)
+        if path is not None:
+            setattr(args, key, os.path.abspath(path) if key in explicit else os.path.join(REPO, path))
     os.chdir(REPO)
+    if args.write_config:
+        json.dump(bench_config(args), open(args.write_config, "w"), indent=2)
+        return
     if args.steps <= args.warmup:
         die("--steps must exceed --warmup")
     cfg = bench_config(args)
@@ -584,10 +589,10 @@ def main():
     json.dump(cfg, open(cfg_path, "w"), indent=2)
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
-              "config": args.config, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+              "config": os.path.relpath(args.config, REPO), "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
               "attention": args.attention, "runs": []}
     print(f"{report['date']}  {report['cpu']}, {os.cpu_count()} CPUs, {args.threads} threads")
-    print(f"config {args.config} (data {os.path.dirname(cfg['data']['train_src'])}), {args.steps} updates per run, "
+    print(f"config {report['config']} (data {os.path.dirname(cfg['data']['train_src'])}), {args.steps} updates per run, "
           f"the first {args.warmup} untimed, {args.rounds} rounds; work dir {work}")
 
     # 1. The matmul peak.
