@@ -37,12 +37,14 @@ struct Phases {
 fn main() -> anyhow::Result<()> {
     let (mut args, mut dump, mut tokenizer_file) = (Vec::new(), None, None);
     let mut it = std::env::args().skip(1);
+    let value = |flag: &str, it: &mut std::iter::Skip<std::env::Args>| match it.next() {
+        Some(v) if !v.starts_with("--") => Ok(v),
+        _ => Err(anyhow::anyhow!("{flag} needs a file")),
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--dump-batches" => dump = Some(it.next().ok_or_else(|| anyhow::anyhow!("--dump-batches needs a file"))?),
-            "--tokenizer" => {
-                tokenizer_file = Some(it.next().ok_or_else(|| anyhow::anyhow!("--tokenizer needs a file"))?)
-            }
+            "--dump-batches" => dump = Some(value("--dump-batches", &mut it)?),
+            "--tokenizer" => tokenizer_file = Some(value("--tokenizer", &mut it)?),
             _ if a.starts_with("--") => {} // `cargo bench` passes --bench
             _ => args.push(a),
         }
@@ -150,6 +152,9 @@ fn dump_batches(
     )?;
     let tokenizer = Tokenizer::load(tokenizer_file)?;
     let (examples, empty, long) = tokenize_pairs(&tokenizer, &pairs, cfg.data.max_len)?;
+    if examples.is_empty() {
+        anyhow::bail!("no usable sentence pair (all empty or longer than data.max_len), as nmt train would say");
+    }
     let t = &cfg.train;
     let batches = make_batches(&examples, t.batch_tokens);
     let mut updates: Vec<Vec<usize>> = Vec::with_capacity(steps);
