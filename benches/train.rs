@@ -6,6 +6,13 @@
 //!
 //! Defaults: configs/demo.json, 20 timed updates after 3 untimed ones. The BPE vocabulary is learned
 //! from the config's training data first (not timed).
+//!
+//!     cargo bench --bench train -- --dump-batches OUT.json --tokenizer RUN/tokenizer.json CONFIG STEPS
+//!
+//! trains nothing: it writes the batches that `nmt train --config CONFIG --max-steps STEPS` visits with
+//! that run's `tokenizer.json` (the examples' lengths, a hash of their ids, every batch of
+//! `make_batches`, and the batch indices of each update in the seeded epoch order) to OUT.json, for
+//! `scripts/bench/train_vs_pytorch.py` to replay in PyTorch.
 
 use candle_core::{Device, Tensor};
 use nmt::config::Config;
@@ -29,10 +36,27 @@ struct Phases {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let (mut args, mut dump, mut tokenizer_file) = (Vec::new(), None, None);
+    let mut it = std::env::args().skip(1);
+    let value = |flag: &str, it: &mut std::iter::Skip<std::env::Args>| match it.next() {
+        Some(v) if !v.starts_with("--") => Ok(v),
+        _ => Err(anyhow::anyhow!("{flag} needs a file")),
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dump-batches" => dump = Some(value("--dump-batches", &mut it)?),
+            "--tokenizer" => tokenizer_file = Some(value("--tokenizer", &mut it)?),
+            _ if a.starts_with("--") => {} // `cargo bench` passes --bench
+            _ => args.push(a),
+        }
+    }
     let config = args.first().map(String::as_str).unwrap_or("configs/demo.json");
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let mut cfg = Config::from_file(std::path::Path::new(config))?;
+    if let Some(out) = dump {
+        let tokenizer_file = tokenizer_file.ok_or_else(|| anyhow::anyhow!("--dump-batches needs --tokenizer FILE"))?;
+        return dump_batches(&cfg, std::path::Path::new(&tokenizer_file), steps, std::path::Path::new(&out));
+    }
     let d = &cfg.data;
     let pairs = read_pairs(d.train_src.as_deref().unwrap(), d.train_tgt.as_deref().unwrap())?;
     let tokenizer =
@@ -109,4 +133,80 @@ fn main() -> anyhow::Result<()> {
 
 fn ms10(d: Duration) -> f64 {
     d.as_secs_f64() * 100.0
+}
+
+/// Writes the batches that `nmt train` visits in its first `steps` updates (see the crate docs above).
+///
+/// The walk through the epochs is `Trainer::next_batch`'s: epoch 0's seeded order, then epoch 1's, and so
+/// on, `update_freq` batches per update, stopping early at `max_epochs`.
+fn dump_batches(
+    cfg: &Config,
+    tokenizer_file: &std::path::Path,
+    steps: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let d = &cfg.data;
+    let (src, tgt) = (d.train_src.as_deref(), d.train_tgt.as_deref());
+    let pairs = read_pairs(
+        src.ok_or_else(|| anyhow::anyhow!("data.train_src is missing"))?,
+        tgt.ok_or_else(|| anyhow::anyhow!("data.train_tgt is missing"))?,
+    )?;
+    let tokenizer = Tokenizer::load(tokenizer_file)?;
+    let (examples, empty, long) = tokenize_pairs(&tokenizer, &pairs, cfg.data.max_len)?;
+    if examples.is_empty() {
+        anyhow::bail!("no usable sentence pair (all empty or longer than data.max_len), as nmt train would say");
+    }
+    let t = &cfg.train;
+    let batches = make_batches(&examples, t.batch_tokens);
+    let mut updates: Vec<Vec<usize>> = Vec::with_capacity(steps);
+    let (mut epoch, mut cursor, mut order) = (0, 0, epoch_order(batches.len(), t.seed, 0));
+    'updates: while updates.len() < steps {
+        let mut group = Vec::with_capacity(t.update_freq);
+        while group.len() < t.update_freq {
+            if t.max_epochs > 0 && epoch >= t.max_epochs {
+                if !group.is_empty() {
+                    updates.push(group);
+                }
+                break 'updates;
+            }
+            if let Some(&b) = order.get(cursor) {
+                cursor += 1;
+                group.push(b);
+            } else {
+                (epoch, cursor) = (epoch + 1, 0);
+                order = epoch_order(batches.len(), t.seed, epoch);
+            }
+        }
+        updates.push(group);
+    }
+    // FNV-1a over every id (u32 as one word), each side followed by u32::MAX as a separator.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for e in &examples {
+        for &x in e.src.iter().chain([&u32::MAX]).chain(&e.tgt).chain([&u32::MAX]) {
+            hash = (hash ^ x as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let json = serde_json::json!({
+        "tokenizer": tokenizer_file,
+        "vocab_size": tokenizer.vocab_size(),
+        "examples": examples.len(),
+        "skipped_empty": empty,
+        "skipped_long": long,
+        "lengths": examples.iter().map(|e| [e.src.len(), e.tgt.len()]).collect::<Vec<_>>(),
+        "ids_fnv1a": format!("{hash:016x}"),
+        "batch_tokens": t.batch_tokens,
+        "seed": t.seed,
+        "update_freq": t.update_freq,
+        "batches": batches,
+        "updates": updates,
+    });
+    std::fs::write(out, serde_json::to_string(&json)?)?;
+    println!(
+        "{}: {} updates over {} batches of {} examples",
+        out.display(),
+        updates.len(),
+        batches.len(),
+        examples.len()
+    );
+    Ok(())
 }
