@@ -1,4 +1,5 @@
-//! Training speed: milliseconds per update, split into forward, loss, backward and the Adam step, and
+//! Training speed: milliseconds per update, split into forward (to the decoder output), loss (the output
+//! projection and the loss), backward and the Adam step, and
 //! target tokens per second, for a config's model on its training data. It also times the label-smoothed
 //! loss alone, fused and reference path, forward and backward, on the logits of the last batch.
 //!
@@ -19,7 +20,9 @@ use nmt::config::Config;
 use nmt::data::batch::{epoch_order, make_batches, tokenize_pairs, Batch, Example};
 use nmt::data::corpus::read_pairs;
 use nmt::data::tokenizer::Tokenizer;
-use nmt::loss::{label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference, Loss};
+use nmt::loss::{
+    label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference, projected_label_smoothed_cross_entropy, Loss,
+};
 use nmt::model::init::Mode;
 use nmt::rng::Rng;
 use nmt::train::optim::Adam;
@@ -36,6 +39,7 @@ struct Phases {
 }
 
 fn main() -> anyhow::Result<()> {
+    nmt::ops::cpu::keep_freed_memory();
     let (mut args, mut dump, mut tokenizer_file) = (Vec::new(), None, None);
     let mut it = std::env::args().skip(1);
     let value = |flag: &str, it: &mut std::iter::Skip<std::env::Args>| match it.next() {
@@ -85,9 +89,11 @@ fn main() -> anyhow::Result<()> {
         let picked: Vec<&Example> = batches[order[i % order.len()]].iter().map(|&j| &examples[j]).collect();
         let batch = Batch::new(&picked, tokenizer.specials, &device)?;
         let start = Instant::now();
-        let logits = model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng: &mut rng })?;
+        let hidden =
+            model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng: &mut rng })?;
         let forward = start.elapsed();
-        let l = label_smoothed_cross_entropy(&logits, &batch.tgt_out, pad, t.label_smoothing)?;
+        let projection = model.output_projection();
+        let l = projected_label_smoothed_cross_entropy(&hidden, projection, &batch.tgt_out, pad, t.label_smoothing)?;
         let loss = start.elapsed() - forward;
         let grads = l.loss.backward()?;
         let backward = start.elapsed() - forward - loss;
@@ -101,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             phases.adam += all - forward - loss - backward;
             phases.tokens += batch.tgt_tokens;
         }
-        last = Some((logits, batch));
+        last = Some((hidden, batch));
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
     let total = phases.forward + phases.loss + phases.backward + phases.adam;
@@ -116,8 +122,8 @@ fn main() -> anyhow::Result<()> {
     println!("throughput: {:.0} target tokens/s", phases.tokens as f64 / total.as_secs_f64());
 
     // The loss alone on the last batch's logits (as a leaf), forward and backward.
-    let (logits, batch) = last.unwrap();
-    let logits = candle_core::Var::from_tensor(&logits.detach())?;
+    let (hidden, batch) = last.unwrap();
+    let logits = candle_core::Var::from_tensor(&model.logits(&hidden.detach())?)?;
     for (name, f) in [
         ("fused", label_smoothed_cross_entropy as fn(&Tensor, &Tensor, u32, f64) -> candle_core::Result<Loss>),
         ("reference", label_smoothed_cross_entropy_reference),

@@ -26,7 +26,7 @@ pub struct Loss {
 /// # Shapes
 /// - `logits`: (batch, tgt_len, vocab); `target`: (batch, tgt_len) u32
 pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, pad: u32, epsilon: f64) -> Result<Loss> {
-    if !(logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64)) {
+    if !crate::ops::fused(logits) {
         return label_smoothed_cross_entropy_reference(logits, target, pad, epsilon);
     }
     let (batch, len, vocab) = logits.dims3()?;
@@ -34,6 +34,36 @@ pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, pad: u32, 
     let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
     let op = FusedSmoothedCrossEntropy { pad, epsilon };
     let out = logits.reshape((batch * len, vocab))?.contiguous()?.apply_op2(&target, op)?; // (batch·len, 2)
+    let loss = (out.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
+    let nll_sum = out.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+    Ok(Loss { loss, nll_sum, tokens })
+}
+
+/// The loss of a batch from the decoder's output and the pre-softmax projection (the tied embedding
+/// matrix, §3.4): the logits `hidden · projectionᵀ` and their loss. On CPU one fused op computes both
+/// ([`crate::ops::projected_loss`]) without ever holding all logits; otherwise, and as the reference,
+/// the logits are computed and passed to [`label_smoothed_cross_entropy`].
+///
+/// # Shapes
+/// - `hidden`: (batch, tgt_len, d_model); `projection`: (vocab, d_model); `target`: (batch, tgt_len) u32
+pub fn projected_label_smoothed_cross_entropy(
+    hidden: &Tensor,
+    projection: &Tensor,
+    target: &Tensor,
+    pad: u32,
+    epsilon: f64,
+) -> Result<Loss> {
+    let (batch, len, d_model) = hidden.dims3()?;
+    let hidden = hidden.reshape((batch * len, d_model))?;
+    if !crate::ops::fused(&hidden) {
+        let logits = hidden.matmul(&projection.t()?)?.reshape((batch, len, projection.dim(0)?))?;
+        return label_smoothed_cross_entropy(&logits, target, pad, epsilon);
+    }
+    let target = target.reshape(batch * len)?.contiguous()?;
+    let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
+    let with_grad = hidden.track_op() || projection.track_op();
+    let op = crate::ops::projected_loss::FusedProjectedCrossEntropy::new(pad, epsilon, with_grad);
+    let out = hidden.contiguous()?.apply_op3(&projection.contiguous()?, &target, op)?; // (batch·len, 2)
     let loss = (out.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
     let nll_sum = out.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
     Ok(Loss { loss, nll_sum, tokens })
@@ -116,6 +146,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The fused projection and loss equal the product followed by the reference loss, in value and in
+    /// the gradients of the hidden states and of the projection: f64, padding present, more rows than one
+    /// chunk holds, a vocabulary that takes gemm's threaded path. The gradients repeat bit for bit; an
+    /// upstream gradient that differs between rows (recomputed in the backward pass) is right too.
+    #[test]
+    fn fused_projection_and_loss_equal_the_reference() {
+        use crate::ops::projected_loss::FusedProjectedCrossEntropy;
+        use candle_core::Var;
+        let mut rng = crate::rng::Rng::seed(21);
+        let (batch, len, d, vocab) = (9, 41, 48, 700);
+        let mut randn = |n: usize, s: f64| -> Vec<f64> { (0..n).map(|_| s * rng.normal() as f64).collect() };
+        let hidden = Var::from_vec(randn(batch * len * d, 1.0), (batch, len, d), &Device::Cpu).unwrap();
+        let proj = Var::from_vec(randn(vocab * d, 0.3), (vocab, d), &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..batch * len).map(|i| if i % 5 == 4 { 0 } else { (i * 37 % vocab) as u32 }).collect();
+        let target = Tensor::from_vec(ids, (batch, len), &Device::Cpu).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let scale = b.abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+            assert!(scale > 0.0);
+            diff / scale
+        };
+        let run = |reference: bool| {
+            let f = || {
+                let l = projected_label_smoothed_cross_entropy(hidden.as_tensor(), proj.as_tensor(), &target, 0, 0.1)
+                    .unwrap();
+                let g = (&l.loss * 3.0).unwrap().backward().unwrap();
+                (
+                    l.loss.to_vec0::<f64>().unwrap(),
+                    l.nll_sum,
+                    g.get(&hidden).unwrap().clone(),
+                    g.get(&proj).unwrap().clone(),
+                )
+            };
+            if reference {
+                crate::ops::with_reference_path(f)
+            } else {
+                f()
+            }
+        };
+        let (fused, reference) = (run(false), run(true));
+        assert!((fused.0 - reference.0).abs() < 1e-12 * reference.0, "loss {} vs {}", fused.0, reference.0);
+        assert!((fused.1 - reference.1).abs() < 1e-10 * reference.1, "nll {} vs {}", fused.1, reference.1);
+        assert!(max_diff(&fused.2, &reference.2) < 1e-10, "d hidden");
+        assert!(max_diff(&fused.3, &reference.3) < 1e-10, "d projection");
+        let again = run(false);
+        assert_eq!(
+            fused.3.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            again.3.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
+        // Rows weighted differently: the op must recompute its gradients with the row weights.
+        let weights = Tensor::from_vec(randn(batch * len, 1.0), batch * len, &Device::Cpu).unwrap();
+        let h2 = hidden.as_tensor().reshape((batch * len, d)).unwrap();
+        let flat_target = target.reshape(batch * len).unwrap();
+        let op = FusedProjectedCrossEntropy::new(0, 0.1, true);
+        let out = h2.apply_op3(proj.as_tensor(), &flat_target, op).unwrap();
+        let fused_w = (out.narrow(1, 0, 1).unwrap().squeeze(1).unwrap() * &weights).unwrap().sum_all().unwrap();
+        let logits = h2.matmul(&proj.as_tensor().t().unwrap()).unwrap().reshape((1, batch * len, vocab)).unwrap();
+        let per_row = |eps: f64| -> Tensor {
+            let lp = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), D::Minus1).unwrap();
+            let nll = lp
+                .gather(&flat_target.reshape((batch * len, 1)).unwrap(), 1)
+                .unwrap()
+                .neg()
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            let smooth = lp.mean(D::Minus1).unwrap().neg().unwrap();
+            let keep = flat_target.ne(0u32).unwrap().to_dtype(DType::F64).unwrap();
+            (((nll * (1.0 - eps)).unwrap() + (smooth * eps).unwrap()).unwrap() * keep).unwrap()
+        };
+        let reference_w = (per_row(0.1) * &weights).unwrap().sum_all().unwrap();
+        let (ga, gb) = (fused_w.backward().unwrap(), reference_w.backward().unwrap());
+        assert!(max_diff(ga.get(&hidden).unwrap(), gb.get(&hidden).unwrap()) < 1e-10, "weighted d hidden");
+        assert!(max_diff(ga.get(&proj).unwrap(), gb.get(&proj).unwrap()) < 1e-10, "weighted d projection");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    nmt::ops::cpu::keep_freed_memory();
     let cli = nmt::cli::Cli::parse();
     match nmt::cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

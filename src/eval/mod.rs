@@ -5,7 +5,7 @@ pub mod score;
 
 use crate::data::batch::{make_batches, Batch, Example};
 use crate::data::tokenizer::Specials;
-use crate::loss::label_smoothed_cross_entropy;
+use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::model::init::Mode;
 use crate::model::Transformer;
 use anyhow::Result;
@@ -32,8 +32,9 @@ pub fn teacher_forced_loss(
     for idx in make_batches(examples, batch_tokens) {
         let refs: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&refs, sp, device)?;
-        let logits = model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Eval)?;
-        let l = label_smoothed_cross_entropy(&logits, &batch.tgt_out, sp.pad, 0.0)?;
+        let hidden = model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Eval)?;
+        let l =
+            projected_label_smoothed_cross_entropy(&hidden, model.output_projection(), &batch.tgt_out, sp.pad, 0.0)?;
         nll += l.nll_sum;
         tokens += l.tokens;
     }

@@ -139,9 +139,22 @@ impl Transformer {
     /// # Shapes
     /// - `src`: (batch, src_len); `tgt_in`: (batch, tgt_len) → (batch, tgt_len, vocab)
     pub fn forward(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(src, src_mask, tgt_in, mode)?)
+    }
+
+    /// Teacher-forced forward pass up to the decoder's output, before the pre-softmax projection (which
+    /// the loss applies itself: [`crate::loss::projected_label_smoothed_cross_entropy`]).
+    ///
+    /// # Shapes
+    /// - `src`: (batch, src_len); `tgt_in`: (batch, tgt_len) → (batch, tgt_len, d_model)
+    pub fn forward_hidden(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let memory = self.encode(src, src_mask, mode)?;
-        let hidden = self.decode(tgt_in, &memory, src_mask, mode)?;
-        self.logits(&hidden)
+        self.decode(tgt_in, &memory, src_mask, mode)
+    }
+
+    /// The pre-softmax projection matrix (vocab, d_model): the shared embedding when tied (§3.4).
+    pub fn output_projection(&self) -> &Tensor {
+        &self.embeddings.generator
     }
 }
 

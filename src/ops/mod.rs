@@ -18,6 +18,7 @@ pub mod cross_entropy;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
+pub mod projected_loss;
 pub mod softmax;
 
 use candle_core::{DType, Tensor};

@@ -6,7 +6,7 @@
 //! batch (not the mean of per-batch means).
 
 use crate::data::batch::Batch;
-use crate::loss::label_smoothed_cross_entropy;
+use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::model::init::Mode;
 use crate::model::Transformer;
 use crate::rng::Rng;
@@ -36,8 +36,14 @@ pub fn accumulate(
     let mut out =
         UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };
     for batch in batches {
-        let logits = model.forward(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng })?;
-        let l = label_smoothed_cross_entropy(&logits, &batch.tgt_out, pad, label_smoothing)?;
+        let hidden = model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng })?;
+        let l = projected_label_smoothed_cross_entropy(
+            &hidden,
+            model.output_projection(),
+            &batch.tgt_out,
+            pad,
+            label_smoothing,
+        )?;
         let summed = (&l.loss * l.tokens as f64)?;
         out.loss_sum += summed.to_dtype(DType::F64)?.to_vec0::<f64>()?;
         out.nll_sum += l.nll_sum;
