@@ -71,8 +71,8 @@ impl KvCache {
 pub struct AttentionOutput {
     /// (batch, q_len, d_model)
     pub output: Tensor,
-    /// (batch, heads, q_len, k_len)
-    pub weights: Tensor,
+    /// (batch, heads, q_len, k_len); None from the fused op, which never materialises them.
+    pub weights: Option<Tensor>,
 }
 
 impl MultiHeadAttention {
@@ -102,7 +102,31 @@ impl MultiHeadAttention {
     /// # Shapes
     /// - `query`: (batch, q_len, d_model); `memory`: (batch, k_len, d_model)
     /// - `mask`: additive, broadcastable to (batch, heads, q_len, k_len)
+    ///
+    /// On CPU this runs the fused op of [`crate::ops::attention`] (no weights returned); elsewhere, and
+    /// as the reference, [`Self::forward_reference`].
     pub fn forward(&self, query: &Tensor, memory: &Tensor, mask: Option<&Tensor>) -> Result<AttentionOutput> {
+        if !crate::ops::fused(query) {
+            return self.forward_reference(query, memory, mask);
+        }
+        let (batch, q_len, _) = query.dims3()?;
+        let k_len = memory.dim(1)?;
+        let mask = match mask.map(|m| m.broadcast_as((batch, 1, q_len, k_len))).transpose() {
+            Ok(m) => m.map(|m| m.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()).transpose()?,
+            Err(_) => return self.forward_reference(query, memory, mask), // a mask that differs per head
+        };
+        let op = crate::ops::attention::FusedAttention { heads: self.heads, mask };
+        let (q, k, v) = (self.w_q.forward(query)?, self.w_k.forward(memory)?, self.w_v.forward(memory)?);
+        let concat = q.apply_op3(&k, &v, op)?; // Concat(head_1, …, head_h), (batch, q_len, d_model)
+        Ok(AttentionOutput { output: self.w_o.forward(&concat)?, weights: None })
+    }
+
+    /// The reference path from tensor ops: heads split, [`scaled_dot_product_attention`], heads merged.
+    /// It also returns the attention weights.
+    ///
+    /// # Shapes
+    /// - `query`: (batch, q_len, d_model); `memory`: (batch, k_len, d_model)
+    pub fn forward_reference(&self, query: &Tensor, memory: &Tensor, mask: Option<&Tensor>) -> Result<AttentionOutput> {
         self.attend(query, &self.project_kv(memory)?, mask)
     }
 
@@ -145,7 +169,7 @@ impl MultiHeadAttention {
         let concat = heads_out
             .transpose(1, 2)? // (batch, q_len, heads, d_k)
             .reshape((batch, q_len, d_model))?; // Concat(head_1, …, head_h)
-        Ok(AttentionOutput { output: self.w_o.forward(&concat)?, weights })
+        Ok(AttentionOutput { output: self.w_o.forward(&concat)?, weights: Some(weights) })
     }
 }
 
@@ -243,12 +267,13 @@ mod tests {
     #[test]
     fn fused_softmax_equals_the_reference_in_value_and_gradient() {
         let mut rng = Rng::seed(8);
-        let data: Vec<f64> =
-            (0..2 * 3 * 5 * 7).map(|i| if i % 9 == 4 { -1e9 } else { 4.0 * rng.normal() as f64 }).collect();
-        let probe: Vec<f64> = (0..210).map(|i| (i as f64 * 0.37).sin()).collect();
+        // 16,800 scores: rows of 70 over several parallel tasks of 4,096 elements.
+        let shape = (2, 3, 40, 70);
+        let n = 2 * 3 * 40 * 70;
+        let data: Vec<f64> = (0..n).map(|i| if i % 9 == 4 { -1e9 } else { 4.0 * rng.normal() as f64 }).collect();
+        let probe: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
         for (dtype, tolerance) in [(candle_core::DType::F64, 1e-14), (candle_core::DType::F32, 1e-6)] {
-            let as_dtype =
-                |v: &[f64]| Tensor::from_slice(v, (2, 3, 5, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let as_dtype = |v: &[f64]| Tensor::from_slice(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let x = candle_core::Var::from_tensor(&as_dtype(&data)).unwrap();
             let fused = crate::ops::softmax::softmax(&x).unwrap();
             let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
@@ -264,6 +289,60 @@ mod tests {
             let zero = gb.zeros_like().unwrap();
             let scale = max_diff(&gb, &zero);
             assert!(scale > 1e-2 && max_diff(&ga, &gb) < tolerance * scale, "{dtype:?}: gradient differs");
+        }
+    }
+
+    /// The fused multi-head attention equals the reference path in value and in the gradients of its
+    /// inputs and of all four projections, in f64: self-attention with a padding mask, causal
+    /// self-attention and cross-attention to a longer memory, on batches large enough to spread over
+    /// several threads. The fused gradients repeat bit for bit.
+    #[test]
+    fn fused_attention_equals_the_reference_in_value_and_gradient() {
+        use crate::model::mask::{causal_mask, padding_mask};
+        use candle_core::{DType, Var};
+        let cfg = ModelConfig { d_model: 48, heads: 4, ..ModelConfig::default() };
+        let store = ParamStore::with_dtype(6, DType::F64, &Device::Cpu);
+        let mha = MultiHeadAttention::new(&cfg, store.var_builder().pp("attn")).unwrap();
+        let mut rng = Rng::seed(7);
+        let mut var =
+            |shape: &[usize]| Var::from_tensor(&random(&mut rng, shape).to_dtype(DType::F64).unwrap()).unwrap();
+        let (batch, q_len, k_len) = (13, 9, 14);
+        let x = var(&[batch, q_len, 48]);
+        let memory = var(&[batch, k_len, 48]);
+        let ids: Vec<u32> =
+            (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
+        let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
+        let x_pad =
+            padding_mask(&Tensor::from_vec(vec![5u32; batch * q_len], (batch, q_len), &Device::Cpu).unwrap(), 0)
+                .unwrap();
+        let causal = causal_mask(q_len, &Device::Cpu).unwrap();
+        let probe = random(&mut rng, &[batch, q_len, 48]).to_dtype(DType::F64).unwrap();
+        let vars = store.vars();
+        for (name, memory, mask) in [
+            ("self, padding", x.as_tensor(), &x_pad),
+            ("self, causal", x.as_tensor(), &causal),
+            ("cross", memory.as_tensor(), &pad),
+        ] {
+            let run = || {
+                let out = mha.forward(x.as_tensor(), memory, Some(mask)).unwrap().output;
+                let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut all = vec![out, grads.get(&x).unwrap().clone()];
+                if !std::ptr::eq(memory, x.as_tensor()) {
+                    all.push(grads.get(memory).unwrap().clone());
+                }
+                all.extend(vars.iter().map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone()));
+                all
+            };
+            let (fused, reference) = (run(), crate::ops::with_reference_path(run));
+            for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+                assert!(diff < 1e-10, "{name}: tensor {i} differs by {diff}");
+            }
+            let again = run();
+            for (a, b) in fused.iter().zip(&again) {
+                let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+                assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap(), "{name}: not deterministic");
+            }
         }
     }
 }

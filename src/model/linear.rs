@@ -38,13 +38,7 @@ impl Linear {
             let y = self.forward_reference(x)?;
             return if relu { y.relu() } else { Ok(y) };
         }
-        let mut dims = x.dims().to_vec();
-        let d_in = dims.pop().unwrap_or(1);
-        let rows: usize = dims.iter().product();
-        let x = x.reshape((rows, d_in))?.contiguous()?;
-        let y = x.apply_op3(&self.weight, &self.bias, crate::ops::linear::FusedLinear { relu })?;
-        dims.push(self.weight.dim(0)?);
-        y.reshape(dims)
+        x.contiguous()?.apply_op3(&self.weight, &self.bias, crate::ops::linear::FusedLinear { relu })
     }
 
     /// The reference path from candle tensor ops.

@@ -130,21 +130,27 @@ mod tests {
 
     #[test]
     fn fused_equals_reference_forward_and_backward() {
-        for dtype in [DType::F32, DType::F64] {
-            let c = ModelConfig { d_model: 6, ..cfg(Norm::Post) };
+        // One chunk of rows, then 350 rows: several parallel tasks, whose ∂γ and ∂β sums must add up in
+        // a fixed order (the fused gradients are compared bit for bit across two runs).
+        for (dtype, (batch, len, width)) in
+            [(DType::F32, (3, 4, 6)), (DType::F64, (3, 4, 6)), (DType::F32, (7, 50, 40)), (DType::F64, (7, 50, 40))]
+        {
+            let c = ModelConfig { d_model: width, ..cfg(Norm::Post) };
             let store = ParamStore::with_dtype(2, dtype, &Device::Cpu);
             let ln = LayerNorm::new(&c, store.var_builder().pp("n")).unwrap();
+            let mut rng = crate::rng::Rng::seed(5);
+            let mut randn = |n: usize, scale: f32, shift: f32| -> Vec<f32> {
+                (0..n).map(|_| rng.normal() * scale + shift).collect()
+            };
             // Non-trivial gain and bias, so their gradients are tested too.
-            let w = Tensor::new(&[0.5f64, 1.5, -1.0, 2.0, 0.3, 1.0], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let w = Tensor::from_vec(randn(width, 1.0, 0.5), width, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             store.vars()[1].1.set(&w).unwrap();
             store.vars()[0].1.set(&(&w * 0.1).unwrap()).unwrap();
-            let mut rng = crate::rng::Rng::seed(5);
-            let data: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal() * 3.0 + 1.0).collect();
-            let x =
-                Var::from_tensor(&Tensor::from_vec(data, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap())
-                    .unwrap();
-            let probe: Vec<f32> = (0..3 * 4 * 6).map(|_| rng.normal()).collect();
-            let probe = Tensor::from_vec(probe, (3, 4, 6), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let shape = (batch, len, width);
+            let n = batch * len * width;
+            let x = Tensor::from_vec(randn(n, 3.0, 1.0), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let probe = Tensor::from_vec(randn(n, 1.0, 0.0), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let run = |fused: bool| {
                 let y = if fused { ln.forward(x.as_tensor()) } else { ln.forward_reference(x.as_tensor()) }.unwrap();
                 let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -159,10 +165,16 @@ mod tests {
                 outs
             };
             let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
-            for (i, (a, b)) in run(true).iter().zip(run(false)).enumerate() {
+            let fused = run(true);
+            for (i, (a, b)) in fused.iter().zip(run(false)).enumerate() {
                 let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
                 let diff = diff.to_vec0::<f64>().unwrap();
                 assert!(diff < tol, "{dtype:?} output {i} (y, dx, dbias, dweight) differs by {diff}");
+            }
+            for (a, b) in fused.iter().zip(run(true)) {
+                let bits =
+                    |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+                assert_eq!(bits(a), bits(&b), "{dtype:?}: the fused gradients differ between two runs");
             }
         }
     }

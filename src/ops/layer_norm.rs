@@ -79,14 +79,15 @@ fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<
             }
             (dw, db)
         })
-        .reduce(
-            || (vec![0f64; n], vec![0f64; n]),
-            |(mut a, mut b), (c, d)| {
-                a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-                b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-                (a, b)
-            },
-        );
+        .collect::<Vec<_>>()
+        // The per-task sums are added in task order, not in rayon's work-stealing order, so that ∂γ and
+        // ∂β are the same on every run (exact resume depends on it).
+        .into_iter()
+        .fold((vec![0f64; n], vec![0f64; n]), |(mut a, mut b), (c, d)| {
+            a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+            b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+            (a, b)
+        });
     (dx, dw.into_iter().map(T::from_f64).collect(), db.into_iter().map(T::from_f64).collect())
 }
 

@@ -92,7 +92,7 @@ impl CustomOp3 for FusedLinear {
         "fused-linear"
     }
 
-    /// x (rows, d_in), w (d_out, d_in), b (d_out) → (rows, d_out)
+    /// x (..., d_in), w (d_out, d_in), b (d_out) → (..., d_out)
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -102,9 +102,9 @@ impl CustomOp3 for FusedLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, d_in) = l1.shape().dims2()?;
+        let d_in = l1.dims().last().copied().unwrap_or(0);
         let (d_out, w_in) = l2.shape().dims2()?;
-        if w_in != d_in || l3.shape().dims1()? != d_out {
+        if w_in != d_in || d_in == 0 || l3.shape().dims1()? != d_out {
             candle_core::bail!("fused linear: x {:?}, w {:?}, b {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
         }
         let y = match s1 {
@@ -116,7 +116,11 @@ impl CustomOp3 for FusedLinear {
             }
             other => candle_core::bail!("fused linear: unsupported dtype {:?}", other.dtype()),
         };
-        Ok((y, Shape::from((rows, d_out))))
+        let mut dims = l1.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = d_out;
+        }
+        Ok((y, Shape::from(dims)))
     }
 
     fn bwd(

@@ -100,7 +100,7 @@ impl CustomOp1 for FusedSoftmax {
 /// Softmax over the last dimension: the fused op for CPU tensors in f32 or f64, candle's differentiable
 /// `ops::softmax` otherwise.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+    if super::fused(x) {
         x.contiguous()?.apply_op1(FusedSoftmax)
     } else {
         candle_nn::ops::softmax(x, candle_core::D::Minus1)
