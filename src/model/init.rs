@@ -146,16 +146,38 @@ impl Mode<'_> {
     /// Inverted dropout with a seeded mask: zero each element with probability `p`, scale the rest by
     /// 1/(1-p). Identity in [`Mode::Eval`].
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self.mask(x, p) {
+            None => Ok(x.clone()),
+            Some(mask) => x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?,
+        }
+    }
+
+    /// `x + Dropout(y)`, the residual connection around a sub-layer's output. On CPU one fused op
+    /// ([`crate::ops::dropout`]) with the same mask as [`Self::dropout`] draws.
+    ///
+    /// # Shapes
+    /// - `x`, `y`: the same shape → that shape
+    pub fn residual_dropout(&mut self, x: &Tensor, y: &Tensor, p: f64) -> Result<Tensor> {
+        match self.mask(y, p) {
+            None => x + y,
+            Some(mask) if crate::ops::fused(y) && x.dtype() == y.dtype() => {
+                let op = crate::ops::dropout::FusedResidualDropout { mask };
+                x.contiguous()?.apply_op2(&y.contiguous()?, op)
+            }
+            Some(mask) => x + (y * Tensor::from_vec(mask, y.shape(), y.device())?.to_dtype(y.dtype())?)?,
+        }
+    }
+
+    /// The dropout mask for `x` (0 or 1/(1-p) per element), drawn from the run's RNG; None when nothing
+    /// is dropped (evaluation, or p = 0).
+    fn mask(&mut self, x: &Tensor, p: f64) -> Option<Vec<f32>> {
         match self {
-            Mode::Eval => Ok(x.clone()),
-            Mode::Train { .. } if p == 0.0 => Ok(x.clone()),
+            Mode::Eval => None,
+            Mode::Train { .. } if p == 0.0 => None,
             Mode::Train { rng } => {
                 let keep = 1.0 - p as f32;
                 let scale = 1.0 / keep;
-                let mask: Vec<f32> =
-                    (0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect();
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-                x * mask
+                Some((0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect())
             }
         }
     }
@@ -164,6 +186,7 @@ impl Mode<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Var;
 
     #[test]
     fn same_seed_same_parameters() {
@@ -205,5 +228,37 @@ mod tests {
         assert!(va.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
         let e = Mode::Eval.dropout(&x, 0.25).unwrap();
         assert_eq!(e.sum_all().unwrap().to_vec0::<f32>().unwrap(), 1e4);
+    }
+
+    /// The fused residual dropout draws the reference path's mask and equals it in value and in both
+    /// gradients, in f64 over several parallel tasks.
+    #[test]
+    fn fused_residual_dropout_equals_the_reference() {
+        let mut rng = Rng::seed(8);
+        let n = 3 * 97 * 256; // 74,496 elements
+        let mut randn = || -> Vec<f64> { (0..n).map(|_| rng.normal() as f64).collect() };
+        let x = Var::from_vec(randn(), (3, 97, 256), &Device::Cpu).unwrap();
+        let y = Var::from_vec(randn(), (3, 97, 256), &Device::Cpu).unwrap();
+        let probe = Tensor::from_vec(randn(), (3, 97, 256), &Device::Cpu).unwrap();
+        let run = || {
+            let mut rng = Rng::seed(3);
+            let out = Mode::Train { rng: &mut rng }.residual_dropout(x.as_tensor(), y.as_tensor(), 0.3).unwrap();
+            let g = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            [out, g.get(&x).unwrap().clone(), g.get(&y).unwrap().clone()]
+        };
+        let (fused, reference) = (run(), crate::ops::with_reference_path(run));
+        for (a, b) in fused.iter().zip(&reference) {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+            assert!(diff < 1e-12, "differs by {diff}");
+        }
+        let dy = fused[2].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let dropped = dy.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.3).abs() < 0.01, "dropped fraction {dropped}");
+        let eval = Mode::Eval.residual_dropout(x.as_tensor(), y.as_tensor(), 0.3).unwrap();
+        let sum = (x.as_tensor() + y.as_tensor()).unwrap();
+        assert_eq!(
+            eval.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            sum.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
     }
 }

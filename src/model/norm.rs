@@ -87,11 +87,11 @@ impl SublayerConnection {
         match self.style {
             Norm::Post => {
                 let y = f(x, mode)?;
-                self.norm.forward(&(x + mode.dropout(&y, self.dropout)?)?)
+                self.norm.forward(&mode.residual_dropout(x, &y, self.dropout)?)
             }
             Norm::Pre => {
                 let y = f(&self.norm.forward(x)?, mode)?;
-                x + mode.dropout(&y, self.dropout)?
+                mode.residual_dropout(x, &y, self.dropout)
             }
         }
     }

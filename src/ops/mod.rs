@@ -16,6 +16,7 @@
 pub mod attention;
 pub mod cpu;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;

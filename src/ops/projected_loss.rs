@@ -74,17 +74,23 @@ impl FusedProjectedCrossEntropy {
                         return;
                     }
                     let max = T::max_of(row);
-                    let sum: f64 = row.iter().map(|&v| (v - max).exp().to_f64()).sum();
+                    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / vocab as f64;
+                    let x_y = row[y as usize].to_f64();
+                    // exp(x - max) is kept in the row: the gradient needs it again.
+                    let mut sum = 0f64;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += x.to_f64();
+                    }
                     let lse = max.to_f64() + sum.ln();
-                    let nll = lse - row[y as usize].to_f64();
-                    let smooth = lse - row.iter().map(|v| v.to_f64()).sum::<f64>() / vocab as f64;
-                    o[0] = T::from_f64((1.0 - eps) * nll + eps * smooth);
+                    let nll = lse - x_y;
+                    o[0] = T::from_f64((1.0 - eps) * nll + eps * (lse - mean));
                     o[1] = T::from_f64(nll);
                     if let Some(g) = row_grad {
                         let g = g[start + i].to_f64();
-                        let (g_t, shift, lse) = (T::from_f64(g), T::from_f64(g * uniform), T::from_f64(lse));
+                        let (scale, shift) = (T::from_f64(g / sum), T::from_f64(g * uniform));
                         for x in row.iter_mut() {
-                            *x = g_t * (*x - lse).exp() - shift;
+                            *x = *x * scale - shift;
                         }
                         row[y as usize] = T::from_f64(row[y as usize].to_f64() - g * (1.0 - eps));
                     }
