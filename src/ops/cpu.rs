@@ -13,9 +13,16 @@ pub fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &st
 
 /// Arithmetic in the tensor's own precision: `exp` on f32 stays in f32.
 pub trait Real:
-    WithDType + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::MulAssign + PartialOrd
+    WithDType
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::MulAssign
+    + PartialOrd
 {
     fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
 
     /// The largest element of a non-empty slice.
     fn max_of(xs: &[Self]) -> Self {
@@ -27,11 +34,17 @@ impl Real for f32 {
     fn exp(self) -> Self {
         f32::exp(self)
     }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
 }
 
 impl Real for f64 {
     fn exp(self) -> Self {
         f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
     }
 }
 

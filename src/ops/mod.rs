@@ -13,6 +13,7 @@
 //! is asked for ([`with_reference_path`], per thread, so that tests and benchmarks can run both paths in
 //! one process); any other device takes the reference path until it has kernels of its own.
 
+pub mod adam;
 pub mod attention;
 pub mod cpu;
 pub mod cross_entropy;
