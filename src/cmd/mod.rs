@@ -12,7 +12,7 @@ mod inspect;
 mod plot;
 
 use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags, SearchFlags};
-use crate::config::{Config, DecodeConfig};
+use crate::config::{Config, DecodeConfig, ModelConfig};
 use crate::data::tokenizer::Tokenizer;
 use crate::decode::{Search, Translator};
 use crate::model::{init::ParamStore, Transformer};
@@ -46,6 +46,51 @@ pub(crate) fn device(flags: &DeviceFlags) -> Result<Device> {
     }
 }
 
+/// What a model's tensors must hold at once, in f32 copies of its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// The weights only.
+    Inference,
+    /// Weights, gradients, and Adam's m and v.
+    Training,
+}
+
+/// Refuses a model whose parameters (and positional table) alone would not fit in this machine's memory
+/// (`MemTotal` of /proc/meminfo), before anything is allocated. Where /proc/meminfo cannot be read, the
+/// check is skipped. The sizes are within the config's bounds, so the arithmetic cannot overflow.
+pub(crate) fn check_memory(cfg: &ModelConfig, usage: Use) -> Result<()> {
+    let Some(total) = memory_total() else { return Ok(()) };
+    let copies: u64 = match usage {
+        Use::Inference => 1,
+        Use::Training => 4,
+    };
+    let params = crate::model::count_parameters(cfg).total() as u64;
+    let table = (cfg.max_positions as u64) * (cfg.d_model as u64);
+    let need = (params * copies + table) * 4;
+    if need > total {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let what = match usage {
+            Use::Inference => "its weights",
+            Use::Training => "weights, gradients and Adam's m and v",
+        };
+        bail!(
+            "model: {params} parameters need {:.1} GiB for {what} alone, more than this machine's {:.1} GiB of memory \
+             (MemTotal in /proc/meminfo); make model.d_model, model.d_ff, model.vocab_size or the layers smaller",
+            gib(need),
+            gib(total)
+        );
+    }
+    Ok(())
+}
+
+/// The machine's memory in bytes, from /proc/meminfo.
+fn memory_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// A trained model loaded from its run directory.
 pub(crate) struct Loaded {
     pub cfg: Config,
@@ -70,7 +115,7 @@ impl Loaded {
         d.beam = search.beam.unwrap_or(d.beam);
         d.alpha = search.alpha.unwrap_or(d.alpha);
         d.batch_size = model.batch_size.unwrap_or(d.batch_size);
-        d.validate().map_err(flag_error)?;
+        d.validate().and_then(|_| d.validate_for_vocab(self.cfg.model.vocab_size)).map_err(flag_error)?;
         Ok(d)
     }
 
@@ -87,7 +132,8 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
         bail!("--model {}: not a run directory", run.root.display());
     }
     let cfg = Config::from_file(&run.config())?;
-    (cfg.model.validate().and_then(|_| cfg.decode.validate()))
+    let checks = cfg.model.validate().and_then(|_| cfg.decode.validate());
+    (checks.and_then(|_| cfg.decode.validate_for_vocab(cfg.model.vocab_size)))
         .with_context(|| format!("invalid config {}", run.config().display()))?;
     let tokenizer = Tokenizer::load(&run.tokenizer())?;
     if tokenizer.vocab_size() != cfg.model.vocab_size {
@@ -106,6 +152,7 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
             None => bail!("{} holds no checkpoint (train it first)", run.checkpoints().display()),
         },
     };
+    check_memory(&cfg.model, Use::Inference)?;
     let device = device(&flags.device)?;
     let store = ParamStore::new(0, &device);
     let model = Transformer::new(&cfg.model, store.var_builder())?;
@@ -127,6 +174,6 @@ pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
 pub(crate) fn save_picture(picture: &impl crate::viz::Picture, format: crate::viz::Format, path: &Path) -> Result<()> {
     let bytes = crate::viz::render(picture, format)?;
     crate::run_dir::write_atomic(path, &bytes)?;
-    eprintln!("wrote {}", path.display());
+    crate::log!("wrote {}", path.display());
     Ok(())
 }

@@ -156,7 +156,8 @@ mod tests {
 
     fn random_table(seed: u64) -> impl Fn(&[u32]) -> Vec<f32> {
         move |prefix: &[u32]| {
-            let key = prefix.iter().fold(seed.wrapping_mul(1_000_003), |h, &t| h.wrapping_mul(31).wrapping_add(t as u64 + 1));
+            let key =
+                prefix.iter().fold(seed.wrapping_mul(1_000_003), |h, &t| h.wrapping_mul(31).wrapping_add(t as u64 + 1));
             let mut rng = Rng::seed(key);
             let logits: Vec<f32> = (0..VOCAB).map(|_| 4.0 * rng.normal()).collect();
             let log_sum = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln() as f32;
