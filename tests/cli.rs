@@ -253,6 +253,10 @@ fn decode_defaults_come_from_the_runs_config_and_flags_override_them() {
     d.write("src.txt", "A dog.\n");
     d.nmt(&["eval", "--model", "run", "--src", "src.txt", "--ref", "src.txt", "--alpha=-1"], None)
         .fails_with(&["--alpha: must be a number ≥ 0, got -1"]);
+    for (flag, shown) in [("--alpha=NaN", "NaN"), ("--alpha=inf", "inf")] {
+        d.nmt(&["translate", "--model", "run", flag, "x"], None)
+            .fails_with(&[&format!("--alpha: must be a number ≥ 0, got {shown}")]);
+    }
     v["decode"]["batch_size"] = 0.into();
     d.write("run/config.json", serde_json::to_string_pretty(&v).unwrap());
     d.nmt(&["translate", "--model", "run", "x"], None).fails_with(&["run/config.json", "decode.batch_size"]);

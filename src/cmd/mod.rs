@@ -146,6 +146,10 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
         );
     }
     let weights = match &flags.checkpoint {
+        Some(p) if p.as_os_str() == "best" && !p.exists() => match run.best_weights()? {
+            Some(best) => best,
+            None => bail!("--checkpoint best: {} names no best checkpoint yet", run.best_info().display()),
+        },
         Some(p) => p.clone(),
         None => match run.latest_step()? {
             Some(step) => run.weights(step),
