@@ -280,6 +280,24 @@ fn a_crash_between_the_best_weights_and_best_json_leaves_a_consistent_pair() {
     d.nmt(&["translate", "--model", "run", "--checkpoint", "run/checkpoints/best.safetensors", "A dog."], None).ok();
 }
 
+/// Issue 16: a crash can leave the last line of metrics.jsonl torn; resuming drops it (and the lines after
+/// the checkpoint), and the resumed run's metrics are whole JSON lines in step order.
+#[test]
+fn a_torn_last_metrics_line_is_dropped_on_resume() {
+    let d = Dir::new();
+    d.trained();
+    let path = d.path("run/metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"kind\":\"train\",\"step\":8,\"epoch\":1,\"loss\":4.1");
+    std::fs::write(&path, text).unwrap();
+    d.nmt(&["train", "--out", "run", "--resume", "--max-steps", "8"], None).ok();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in\n{text}"))).collect();
+    let train: Vec<u64> = lines.iter().filter(|v| v["kind"] == "train").map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(train, [2, 4, 6, 8]);
+}
+
 #[test]
 fn truncated_checkpoint_and_unwritable_output_are_clear_errors() {
     let d = Dir::new();
