@@ -4,6 +4,7 @@
 mod average;
 mod eval;
 mod info;
+mod memory;
 mod score;
 mod train;
 mod translate;
@@ -12,7 +13,7 @@ mod inspect;
 mod plot;
 
 use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags, SearchFlags};
-use crate::config::{Config, DecodeConfig, ModelConfig};
+use crate::config::{Config, DecodeConfig};
 use crate::data::tokenizer::Tokenizer;
 use crate::decode::{Search, Translator};
 use crate::model::{init::ParamStore, Transformer};
@@ -44,51 +45,6 @@ pub(crate) fn device(flags: &DeviceFlags) -> Result<Device> {
         }
         DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda: cannot open GPU 0"),
     }
-}
-
-/// What a model's tensors must hold at once, in f32 copies of its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Use {
-    /// The weights only.
-    Inference,
-    /// Weights, gradients, and Adam's m and v.
-    Training,
-}
-
-/// Refuses a model whose parameters (and positional table) alone would not fit in this machine's memory
-/// (`MemTotal` of /proc/meminfo), before anything is allocated. Where /proc/meminfo cannot be read, the
-/// check is skipped. The sizes are within the config's bounds, so the arithmetic cannot overflow.
-pub(crate) fn check_memory(cfg: &ModelConfig, usage: Use) -> Result<()> {
-    let Some(total) = memory_total() else { return Ok(()) };
-    let copies: u64 = match usage {
-        Use::Inference => 1,
-        Use::Training => 4,
-    };
-    let params = crate::model::count_parameters(cfg).total() as u64;
-    let table = (cfg.max_positions as u64) * (cfg.d_model as u64);
-    let need = (params * copies + table) * 4;
-    if need > total {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        let what = match usage {
-            Use::Inference => "its weights",
-            Use::Training => "weights, gradients and Adam's m and v",
-        };
-        bail!(
-            "model: {params} parameters need {:.1} GiB for {what} alone, more than this machine's {:.1} GiB of memory \
-             (MemTotal in /proc/meminfo); make model.d_model, model.d_ff, model.vocab_size or the layers smaller",
-            gib(need),
-            gib(total)
-        );
-    }
-    Ok(())
-}
-
-/// The machine's memory in bytes, from /proc/meminfo.
-fn memory_total() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// A trained model loaded from its run directory.
@@ -156,7 +112,7 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
             None => bail!("{} holds no checkpoint (train it first)", run.checkpoints().display()),
         },
     };
-    check_memory(&cfg.model, Use::Inference)?;
+    memory::check(&cfg.model, memory::Use::Inference)?;
     let device = device(&flags.device)?;
     let store = ParamStore::new(0, &device);
     let model = Transformer::new(&cfg.model, store.var_builder())?;

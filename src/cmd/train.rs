@@ -80,7 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mut cfg = resolve(&args, &run)?;
     let (resume_step, start_over) = start(&args, &run, &cfg)?;
-    super::check_memory(&cfg.model, super::Use::Training)?;
+    super::memory::check(&cfg.model, super::memory::Use::Training)?;
     let device = super::device(&args.device)?;
     let data = load_data(&cfg, &run, resume_step)?;
     cfg.model.vocab_size = data.tokenizer.vocab_size();

@@ -153,6 +153,7 @@ mod tests {
     /// Next-token log-probabilities after `prefix`: a seeded random distribution per prefix, or the
     /// given one.
     type Table<'a> = &'a dyn Fn(&[u32]) -> Vec<f32>;
+    type BoxedTable = Box<dyn Fn(&[u32]) -> Vec<f32>>;
 
     fn random_table(seed: u64) -> impl Fn(&[u32]) -> Vec<f32> {
         move |prefix: &[u32]| {
@@ -215,8 +216,8 @@ mod tests {
             [] => vec![-20.0, -20.0, -1.0, -20.0, -1.25],
             _ => vec![-20.0, -20.0, -8.0, -20.0, -0.001],
         };
-        let mut tables: Vec<Box<dyn Fn(&[u32]) -> Vec<f32>>> = vec![Box::new(cut_wins_by_one_position)];
-        tables.extend((0..60).map(|seed| Box::new(random_table(seed)) as Box<dyn Fn(&[u32]) -> Vec<f32>>));
+        let mut tables: Vec<BoxedTable> = vec![Box::new(cut_wins_by_one_position)];
+        tables.extend((0..60).map(|seed| Box::new(random_table(seed)) as BoxedTable));
         for (i, table) in tables.iter().enumerate() {
             for limit in [2, 3] {
                 for alpha in [0.0, 0.6, 1.0, 2.0] {
