@@ -90,7 +90,8 @@ pub struct ModelFlags {
     /// Run directory written by `nmt train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Checkpoint weights to use; defaults to the run's latest.
+    /// Checkpoint weights to use; defaults to the run's latest. `best` is the best validation's weights
+    /// (the file that checkpoints/best.json names).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Sentences per decoding batch [default: the run's decode.batch_size, 32 unless set].

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("nmt: error: {err:#}");
+            nmt::log!("nmt: error: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,21 @@
 //! Progress on stderr: an indicatif bar on a terminal, periodic plain lines otherwise.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+
+/// Writes one line to stderr and ignores a failure: a broken or closed stderr (`nmt train 2>&1 | head -1`)
+/// must not stop the work, and `eprintln!` would panic on it. Use it through [`crate::log!`].
+pub fn log_line(args: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// `eprintln!` that ignores a broken stderr: every log line of `nmt` goes through it.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::progress::log_line(format_args!($($arg)*))
+    };
+}
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -44,7 +58,7 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => crate::log!("{line}"),
         }
     }
 

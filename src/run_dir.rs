@@ -8,8 +8,17 @@
 //! <run>/checkpoints/ckpt-<step>.safetensors        model weights
 //! <run>/checkpoints/ckpt-<step>.optim.safetensors  Adam's m and v
 //! <run>/checkpoints/ckpt-<step>.state.json         step, epoch, position in the epoch, RNG state
-//! <run>/checkpoints/best.safetensors, best.json    weights of the best validation, and its step
+//! <run>/checkpoints/best-<step>.safetensors         weights of the best validation so far
+//! <run>/checkpoints/best.json                       its step, metric and value, and the weights' file name
 //! ```
+//!
+//! `best.json` is written after the weights it names, so it always names complete weights of its step.
+//! Runs made before that layout have `best.safetensors` and a `best.json` without a file name; they are
+//! still read.
+//!
+//! For tests of failures that a real disk rarely gives on demand, `NMT_FAIL_WRITE=NAME[:N]` makes the
+//! N-th (default first) atomic write of a file named NAME fail as a full disk does (ENOSPC), after part of
+//! it was written.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -56,14 +65,39 @@ impl RunDir {
         self.checkpoints().join(format!("ckpt-{step:08}.state.json"))
     }
 
-    /// The weights of the best validation so far.
-    pub fn best_weights(&self) -> PathBuf {
+    /// The best validation's weights when they were taken at `step`.
+    pub fn best_weights_at(&self, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("best-{step:08}.safetensors"))
+    }
+
+    /// Where runs made before `best-<step>.safetensors` kept the best weights.
+    pub fn legacy_best_weights(&self) -> PathBuf {
         self.checkpoints().join("best.safetensors")
     }
 
-    /// Which step and value `best.safetensors` holds.
+    /// Which step, metric and value the best weights hold, and their file name (`weights`).
     pub fn best_info(&self) -> PathBuf {
         self.checkpoints().join("best.json")
+    }
+
+    /// The best weights that `best.json` names (`best.safetensors` for a run of the old layout); None
+    /// when the run has no best checkpoint yet.
+    pub fn best_weights(&self) -> Result<Option<PathBuf>> {
+        let info = self.best_info();
+        let text = match std::fs::read_to_string(&info) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", info.display())),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", info.display()))?;
+        match v.get("weights") {
+            None => Ok(Some(self.legacy_best_weights())),
+            Some(serde_json::Value::String(name)) if is_best_weights_name(name) => {
+                Ok(Some(self.checkpoints().join(name)))
+            }
+            Some(other) => anyhow::bail!("{}: weights: {other} is not a best-<step>.safetensors name", info.display()),
+        }
     }
 
     /// Steps of every complete checkpoint (weights and state both present), ascending.
@@ -102,6 +136,24 @@ pub fn parse_checkpoint_name(name: &str) -> Option<(usize, &str)> {
     Some((step.parse().ok()?, kind))
 }
 
+/// Whether `name` is a `best-<step>.safetensors` file name.
+pub fn is_best_weights_name(name: &str) -> bool {
+    let step = name.strip_prefix("best-").and_then(|n| n.strip_suffix(".safetensors"));
+    step.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether this write is the one `NMT_FAIL_WRITE=NAME[:N]` asks to fail (see the module doc).
+fn injected_failure(name: &str) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static MATCHING_WRITES: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("NMT_FAIL_WRITE") else { return false };
+    let (target, nth) = match spec.rsplit_once(':') {
+        Some((t, n)) => (t, n.parse().unwrap_or(1)),
+        None => (spec.as_str(), 1),
+    };
+    target == name && MATCHING_WRITES.fetch_add(1, Ordering::SeqCst) + 1 == nth
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
@@ -117,6 +169,9 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let result = write(&tmp).and_then(|_| {
+        if injected_failure(&name) {
+            Err(std::io::Error::from_raw_os_error(28))?; // ENOSPC, as from a full disk
+        }
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable, so that files renamed later (the checkpoint's state file) never

@@ -150,3 +150,45 @@ fn cuda_without_cuda_support_is_a_clear_error() {
     d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--device", "cuda"], None)
         .fails_with(&["--device cuda", "--features cuda"]);
 }
+
+/// Issue 16: values far beyond what a machine can hold are one-line errors, never an overflow panic or an
+/// allocation abort.
+#[test]
+fn extreme_values_are_clear_errors_not_crashes() {
+    let d = Dir::new();
+    d.trained();
+    d.demo("test", 3);
+    let beam = ["--model", "run", "--beam", "1000000000"];
+    d.nmt(&[&["translate"], &beam[..], &["A dog."]].concat(), None).fails_with(&["--beam", "1000000000", "vocabulary"]);
+    let eval = ["eval", "--src", "data/test.en", "--ref", "data/test.de"];
+    d.nmt(&[&eval[..], &beam[..]].concat(), None).fails_with(&["--beam", "1000000000", "vocabulary"]);
+    d.nmt(&["info", "--config", "tiny.json", "--vocab", "18446744073709551615"], None)
+        .fails_with(&["--vocab: must be at most 16777216"]);
+    for (field, small) in [("max_positions", "96"), ("d_model", "16"), ("d_ff", "32"), ("vocab_size", "200")] {
+        let (from, to) = (format!("\"{field}\": {small}"), format!("\"{field}\": 1000000000000"));
+        d.write("huge.json", tiny_config_json(2).replace(&from, &to));
+        d.nmt(&["train", "--config", "huge.json", "--out", "huge"], None)
+            .fails_with(&["huge.json", &format!("model.{field}: must be at most")]);
+    }
+    let cfg = tiny_config_json(2).replace("\"max_len\": 60", "\"max_len\": 18446744073709551615");
+    d.write("huge.json", cfg);
+    d.nmt(&["train", "--config", "huge.json", "--out", "huge"], None).fails_with(&["data.max_len: must be at most"]);
+    // Within every bound, but no machine has the memory: refused before anything is allocated.
+    let cfg = tiny_config_json(2)
+        .replace("\"d_model\": 16, \"d_ff\": 32", "\"d_model\": 65536, \"d_ff\": 1048576")
+        .replace("\"encoder_layers\": 1, \"decoder_layers\": 1", "\"encoder_layers\": 1024, \"decoder_layers\": 1024");
+    d.write("huge.json", cfg);
+    d.nmt(&["train", "--config", "huge.json", "--out", "huge"], None).fails_with(&["model:", "GiB", "MemTotal"]);
+    assert!(!d.path("huge").exists(), "a refused config must not leave a run directory");
+}
+
+/// Issue 16: an empty test set is an error naming the file, not loss 0 and perplexity 1.
+#[test]
+fn eval_on_an_empty_test_set_names_the_file() {
+    let d = Dir::new();
+    d.trained();
+    d.write("empty.en", "");
+    d.write("empty.de", "");
+    d.nmt(&["eval", "--model", "run", "--src", "empty.en", "--ref", "empty.de"], None)
+        .fails_with(&["empty.en", "the test set is empty"]);
+}

@@ -2,6 +2,7 @@
 
 mod common;
 use common::Dir;
+use std::process::Stdio;
 
 #[test]
 fn train_writes_the_documented_run_directory() {
@@ -252,7 +253,56 @@ fn decode_defaults_come_from_the_runs_config_and_flags_override_them() {
     d.write("src.txt", "A dog.\n");
     d.nmt(&["eval", "--model", "run", "--src", "src.txt", "--ref", "src.txt", "--alpha=-1"], None)
         .fails_with(&["--alpha: must be a number ≥ 0, got -1"]);
+    for (flag, shown) in [("--alpha=NaN", "NaN"), ("--alpha=inf", "inf")] {
+        d.nmt(&["translate", "--model", "run", flag, "x"], None)
+            .fails_with(&[&format!("--alpha: must be a number ≥ 0, got {shown}")]);
+    }
     v["decode"]["batch_size"] = 0.into();
     d.write("run/config.json", serde_json::to_string_pretty(&v).unwrap());
     d.nmt(&["translate", "--model", "run", "x"], None).fails_with(&["run/config.json", "decode.batch_size"]);
+}
+
+/// Issue 16: a broken stderr pipe (`nmt train 2>&1 | head -1`) does not stop or crash training: log lines
+/// that cannot be written are dropped.
+#[test]
+fn a_broken_stderr_pipe_does_not_stop_training() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 20);
+    d.tiny_config(6);
+    let mut cmd = d.command(&["train", "--config", "tiny.json", "--out", "run"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stderr.take()); // the reader goes away: every write to stderr now fails with EPIPE
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "nmt train with a broken stderr: {status}");
+    assert!(d.path("run/checkpoints/ckpt-00000006.state.json").is_file());
+    // The error path writes to stderr too, and still exits 1.
+    let mut cmd = d.command(&["translate", "--model", "nope", "A dog."]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
+/// The exit codes the README documents: 0 success, 1 an error (one `nmt: error:` line), 2 a usage error
+/// from clap (its own several-line message). A run stopped by SIGINT or SIGTERM exits 0 after its
+/// checkpoint: `tests/reliability.rs::sigint_and_sigterm_checkpoint_and_exit_zero`.
+#[test]
+fn exit_codes_are_0_1_and_2() {
+    let d = Dir::new();
+    let ok = d.nmt(&["score", "--ref", "r.txt", "--hyp", "r.txt"], None);
+    assert_eq!(ok.code, 1, "missing file: {}", ok.stderr);
+    d.write("r.txt", "a b c\n");
+    d.nmt(&["score", "--ref", "r.txt", "--hyp", "r.txt"], None).ok();
+    let usage = d.nmt(&["translate", "--bogus-flag"], None);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(usage.stderr.starts_with("error: unexpected argument '--bogus-flag'"), "{}", usage.stderr);
+    assert!(usage.stderr.contains("Usage: nmt translate") && usage.stderr.lines().count() > 2, "{}", usage.stderr);
+    let bad_value = d.nmt(&["translate", "--model", "m", "--beam", "many"], None);
+    assert_eq!(bad_value.code, 2, "{}", bad_value.stderr);
+    assert!(bad_value.stderr.contains("invalid value 'many' for '--beam"), "{}", bad_value.stderr);
+    let help = d.nmt(&["--help"], None);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Usage: nmt"), "{}", help.stdout);
 }

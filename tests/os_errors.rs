@@ -3,7 +3,8 @@
 //!
 //! Permissions do not bind root, and CI runs as root: there `nmt` runs as the user `nobody` (uid 65534).
 //! The full disk is a small tmpfs mounted in a private mount namespace (`unshare`), so nothing outside the
-//! test sees it; where mounting is not allowed, that test says so and skips.
+//! test sees it; where mounting is not allowed, the test runs with an injected write failure instead
+//! (`NMT_FAIL_WRITE`), and says which of the two ran.
 
 mod common;
 use common::{tiny_config_json, Dir, Output};
@@ -140,14 +141,33 @@ fn pages_used(dir: &Path) -> u64 {
     total
 }
 
+/// How the full-disk test made step 2's checkpoint fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FullDisk {
+    /// A real tmpfs too small for it, in a private mount namespace.
+    Tmpfs,
+    /// `NMT_FAIL_WRITE`: the write of step 2's weights fails with ENOSPC, as on a full disk.
+    Injected,
+}
+
 #[test]
 fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     let d = Dir::new();
     std::fs::create_dir_all(d.path("probe")).unwrap();
     let probe = in_mount_namespace(&d, "mount -t tmpfs -o size=64k tmpfs probe && touch probe/x");
-    if !probe.is_some_and(|o| o.status.success()) {
-        eprintln!("skipped: this machine does not allow mounting a tmpfs in a private mount namespace");
-        return;
+    // NMT_TEST_FULL_DISK=injected runs the fallback on a machine that allows the mount, to check it.
+    let forced = std::env::var("NMT_TEST_FULL_DISK").is_ok_and(|v| v == "injected");
+    let how = match probe.is_some_and(|o| o.status.success()) && !forced {
+        true => FullDisk::Tmpfs,
+        false => FullDisk::Injected,
+    };
+    match how {
+        FullDisk::Tmpfs => eprintln!("full disk: a real tmpfs in a private mount namespace"),
+        FullDisk::Injected => eprintln!(
+            "full disk: an injected write failure (NMT_FAIL_WRITE), since this machine does not allow mounting \
+             a tmpfs in a private mount namespace{}",
+            if forced { " or NMT_TEST_FULL_DISK=injected asks for it" } else { "" }
+        ),
     }
     d.demo("train", 100);
     d.demo("valid", 5);
@@ -159,22 +179,16 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
 
     // How much one step's run directory takes, and how much one checkpoint takes.
     d.nmt(&["train", "--config", "c.json", "--out", "one", "--max-steps", "1"], None).ok();
-    let used = pages_used(&d.path("one"));
-    let checkpoint = pages_used(&d.path("one/checkpoints"));
-    // Room for everything at step 1 plus half a checkpoint: the checkpoint of step 2 cannot fit.
-    let size_kib = (used + checkpoint / 2) / 1024;
-
-    std::fs::create_dir_all(d.path("full")).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size={size_kib}k tmpfs full || exit 99; \
-         '{}' train --config c.json --out full/run >out.txt 2>err.txt; echo $? >code.txt; cp -a full/run copy",
-        env!("CARGO_BIN_EXE_nmt")
-    );
-    let ns = in_mount_namespace(&d, &script).unwrap();
-    assert!(ns.status.success(), "{}", String::from_utf8_lossy(&ns.stderr));
-    let read = |name: &str| std::fs::read_to_string(d.path(name)).unwrap();
-    let out =
-        Output { code: read("code.txt").trim().parse().unwrap(), stdout: read("out.txt"), stderr: read("err.txt") };
+    let out = match how {
+        FullDisk::Tmpfs => train_on_a_small_tmpfs(&d),
+        FullDisk::Injected => {
+            let mut cmd = d.command(&["train", "--config", "c.json", "--out", "full/run"]);
+            cmd.env("NMT_FAIL_WRITE", "ckpt-00000002.safetensors");
+            let out = d.run(cmd, None);
+            std::fs::rename(d.path("full/run"), d.path("copy")).unwrap();
+            out
+        }
+    };
     out.fails_with(&["full/run/checkpoints/ckpt-00000002", "No space left on device"]);
 
     // The step-1 checkpoint is complete and the latest; nothing of step 2 and no temporary file is left.
@@ -183,4 +197,22 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     d.nmt(&["translate", "--model", "copy", "--beam", "1", "A dog."], None).ok();
     let resumed = d.nmt(&["train", "--out", "copy", "--resume"], None).ok();
     assert!(resumed.stderr.contains("resuming from step 1"), "{}", resumed.stderr);
+}
+
+/// Trains c.json into `full/run` on a tmpfs with room for step 1's run directory and half a checkpoint,
+/// so that step 2's checkpoint cannot fit; the run directory is copied to `copy` afterwards.
+fn train_on_a_small_tmpfs(d: &Dir) -> Output {
+    let used = pages_used(&d.path("one"));
+    let checkpoint = pages_used(&d.path("one/checkpoints"));
+    let size_kib = (used + checkpoint / 2) / 1024;
+    std::fs::create_dir_all(d.path("full")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size_kib}k tmpfs full || exit 99; \
+         '{}' train --config c.json --out full/run >out.txt 2>err.txt; echo $? >code.txt; cp -a full/run copy",
+        env!("CARGO_BIN_EXE_nmt")
+    );
+    let ns = in_mount_namespace(d, &script).unwrap();
+    assert!(ns.status.success(), "{}", String::from_utf8_lossy(&ns.stderr));
+    let read = |name: &str| std::fs::read_to_string(d.path(name)).unwrap();
+    Output { code: read("code.txt").trim().parse().unwrap(), stdout: read("out.txt"), stderr: read("err.txt") }
 }

@@ -198,9 +198,12 @@ fn keep_last_best_checkpoint_and_average() {
         }
     }
     assert!(!names.iter().any(|n| n.starts_with("ckpt-00000005")), "{names:?}");
-    assert!(names.contains(&"best.safetensors".to_string()) && names.contains(&"best.json".to_string()));
     let best: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path("run/checkpoints/best.json")).unwrap()).unwrap();
+    let best_weights = format!("best-{:08}.safetensors", best["step"].as_u64().unwrap());
+    assert_eq!(best["weights"], best_weights.as_str(), "{best}");
+    let best_files: Vec<_> = names.iter().filter(|n| n.starts_with("best")).collect();
+    assert_eq!(best_files, [&best_weights, &"best.json".to_string()], "only the best weights and best.json");
     let metrics = std::fs::read_to_string(d.path("run/metrics.jsonl")).unwrap();
     let valid: Vec<(u64, f64)> = metrics
         .lines()
@@ -210,7 +213,9 @@ fn keep_last_best_checkpoint_and_average() {
         .collect();
     let lowest = valid.iter().cloned().fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
     assert_eq!(best["step"].as_u64().unwrap(), lowest.0, "best.json should name the lowest valid loss: {valid:?}");
-    d.nmt(&["translate", "--model", "run", "--checkpoint", "run/checkpoints/best.safetensors", "A dog."], None).ok();
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "best", "A dog."], None).ok();
+    let path = format!("run/checkpoints/{best_weights}");
+    d.nmt(&["translate", "--model", "run", "--checkpoint", &path, "A dog."], None).ok();
     d.nmt(&["average", "--model", "run", "--last", "3"], None).ok();
     let avg = d.path("run/checkpoints/average-last3.safetensors");
     assert!(avg.is_file());
@@ -226,6 +231,71 @@ fn keep_last_best_checkpoint_and_average() {
         let diff = (t - &b[k]).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f32>().unwrap();
         assert_eq!(diff, 0.0, "{k}");
     }
+}
+
+/// Issue 16: a crash between writing the best weights and `best.json` (here an injected write failure of
+/// the second `best.json`) leaves `best.json` naming the previous best's weights, complete; resuming
+/// removes the weights nothing names. A run of the old layout (`best.safetensors`, a `best.json` without
+/// a file name) is still read.
+#[test]
+fn a_crash_between_the_best_weights_and_best_json_leaves_a_consistent_pair() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 5);
+    let cfg = tiny_config_json(8)
+        .replace("\"checkpoint_every\": 3", "\"checkpoint_every\": 1, \"keep_last\": 0")
+        .replace("\"valid_every\": 3", "\"valid_every\": 1");
+    d.write("c.json", cfg);
+    let mut cmd = d.command(&["train", "--config", "c.json", "--out", "run"]);
+    cmd.env("NMT_FAIL_WRITE", "best.json:2");
+    let out = d.run(cmd, None).fails_with(&["run/checkpoints/best.json", "No space left on device"]);
+    let read_json = |rel: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.path(rel)).unwrap()).unwrap()
+    };
+    let best = read_json("run/checkpoints/best.json");
+    let step = best["step"].as_u64().unwrap();
+    let named = format!("run/checkpoints/{}", best["weights"].as_str().unwrap());
+    assert_eq!(named, format!("run/checkpoints/best-{step:08}.safetensors"));
+    // The weights best.json names are the weights of its step, byte for byte.
+    let weights = std::fs::read(d.path(&named)).unwrap();
+    assert_eq!(weights, std::fs::read(d.path(&format!("run/checkpoints/ckpt-{step:08}.safetensors"))).unwrap());
+    let orphans: Vec<String> =
+        names(&d).into_iter().filter(|n| n.starts_with("best-") && !named.ends_with(n.as_str())).collect();
+    assert_eq!(orphans.len(), 1, "the failed save's weights: {orphans:?}\n{}", out.stderr);
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "best", "A dog."], None).ok();
+
+    let resumed = d.nmt(&["train", "--out", "run", "--resume"], None).ok();
+    assert!(resumed.stderr.contains("removed 1 file(s)"), "{}", resumed.stderr);
+    let best = read_json("run/checkpoints/best.json");
+    let mut bests: Vec<String> = names(&d).into_iter().filter(|n| n.starts_with("best")).collect();
+    bests.sort();
+    assert_eq!(bests, [best["weights"].as_str().unwrap(), "best.json"], "one pair after the resumed run");
+
+    // The old layout: best.safetensors and a best.json without `weights`.
+    let path = d.path(&format!("run/checkpoints/{}", best["weights"].as_str().unwrap()));
+    std::fs::rename(&path, d.path("run/checkpoints/best.safetensors")).unwrap();
+    let old = serde_json::json!({"step": best["step"], "metric": best["metric"], "value": best["value"]});
+    d.write("run/checkpoints/best.json", old.to_string());
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "best", "A dog."], None).ok();
+    d.nmt(&["translate", "--model", "run", "--checkpoint", "run/checkpoints/best.safetensors", "A dog."], None).ok();
+}
+
+/// Issue 16: a crash can leave the last line of metrics.jsonl torn; resuming drops it (and the lines after
+/// the checkpoint), and the resumed run's metrics are whole JSON lines in step order.
+#[test]
+fn a_torn_last_metrics_line_is_dropped_on_resume() {
+    let d = Dir::new();
+    d.trained();
+    let path = d.path("run/metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"kind\":\"train\",\"step\":8,\"epoch\":1,\"loss\":4.1");
+    std::fs::write(&path, text).unwrap();
+    d.nmt(&["train", "--out", "run", "--resume", "--max-steps", "8"], None).ok();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in\n{text}"))).collect();
+    let train: Vec<u64> = lines.iter().filter(|v| v["kind"] == "train").map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(train, [2, 4, 6, 8]);
 }
 
 #[test]

@@ -45,6 +45,6 @@ pub fn run(args: AverageArgs) -> Result<()> {
     let output =
         args.output.unwrap_or_else(|| run.checkpoints().join(format!("average-last{}.safetensors", args.last)));
     crate::weights::save_tensors(&output, &mean)?;
-    eprintln!("averaged steps {:?} into {}", chosen, output.display());
+    crate::log!("averaged steps {:?} into {}", chosen, output.display());
     Ok(())
 }

@@ -7,10 +7,14 @@ use crate::data::corpus::read_pairs;
 use crate::eval::{teacher_forced_loss, ScoreReport};
 use crate::progress::Progress;
 use crate::run_dir::write_atomic;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let pairs = read_pairs(&args.src, &args.reference)?;
+    if pairs.is_empty() {
+        // Loss 0 and perplexity 1 of nothing would read as a perfect model.
+        bail!("{}: the test set is empty (no line to translate)", args.src.display());
+    }
     let m = load_model(&args.model)?;
     let max = m.cfg.model.max_positions - 2;
     let mut examples = Vec::with_capacity(pairs.len());

@@ -11,7 +11,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if let Some(v) = args.vocab {
         cfg.model.vocab_size = v;
     }
-    cfg.model.validate().with_context(|| format!("invalid config {}", args.config.display()))?;
+    // Within the config's bounds every count fits in 64 bits; a `--vocab` beyond them is named as the flag.
+    if let Err(e) = cfg.model.validate() {
+        let msg = e.to_string();
+        return match (args.vocab, msg.strip_prefix("model.vocab_size")) {
+            (Some(_), Some(rest)) => Err(anyhow::anyhow!("--vocab{rest}")),
+            _ => Err(e).with_context(|| format!("invalid config {}", args.config.display())),
+        };
+    }
     let m = &cfg.model;
     let c = count_parameters(m);
     let millions = |n: usize| format!("{:>12} ({:.2}M)", n, n as f64 / 1e6);

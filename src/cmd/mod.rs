@@ -4,6 +4,7 @@
 mod average;
 mod eval;
 mod info;
+mod memory;
 mod score;
 mod train;
 mod translate;
@@ -70,7 +71,7 @@ impl Loaded {
         d.beam = search.beam.unwrap_or(d.beam);
         d.alpha = search.alpha.unwrap_or(d.alpha);
         d.batch_size = model.batch_size.unwrap_or(d.batch_size);
-        d.validate().map_err(flag_error)?;
+        d.validate().and_then(|_| d.validate_for_vocab(self.cfg.model.vocab_size)).map_err(flag_error)?;
         Ok(d)
     }
 
@@ -87,7 +88,8 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
         bail!("--model {}: not a run directory", run.root.display());
     }
     let cfg = Config::from_file(&run.config())?;
-    (cfg.model.validate().and_then(|_| cfg.decode.validate()))
+    let checks = cfg.model.validate().and_then(|_| cfg.decode.validate());
+    (checks.and_then(|_| cfg.decode.validate_for_vocab(cfg.model.vocab_size)))
         .with_context(|| format!("invalid config {}", run.config().display()))?;
     let tokenizer = Tokenizer::load(&run.tokenizer())?;
     if tokenizer.vocab_size() != cfg.model.vocab_size {
@@ -100,12 +102,17 @@ pub(crate) fn load_model(flags: &ModelFlags) -> Result<Loaded> {
         );
     }
     let weights = match &flags.checkpoint {
+        Some(p) if p.as_os_str() == "best" && !p.exists() => match run.best_weights()? {
+            Some(best) => best,
+            None => bail!("--checkpoint best: {} names no best checkpoint yet", run.best_info().display()),
+        },
         Some(p) => p.clone(),
         None => match run.latest_step()? {
             Some(step) => run.weights(step),
             None => bail!("{} holds no checkpoint (train it first)", run.checkpoints().display()),
         },
     };
+    memory::check(&cfg.model, memory::Use::Inference)?;
     let device = device(&flags.device)?;
     let store = ParamStore::new(0, &device);
     let model = Transformer::new(&cfg.model, store.var_builder())?;
@@ -127,6 +134,6 @@ pub(crate) fn print_lines(lines: &[String]) -> Result<()> {
 pub(crate) fn save_picture(picture: &impl crate::viz::Picture, format: crate::viz::Format, path: &Path) -> Result<()> {
     let bytes = crate::viz::render(picture, format)?;
     crate::run_dir::write_atomic(path, &bytes)?;
-    eprintln!("wrote {}", path.display());
+    crate::log!("wrote {}", path.display());
     Ok(())
 }

@@ -65,7 +65,7 @@ fn start(args: &TrainArgs, run: &RunDir, cfg: &Config) -> Result<(Option<usize>,
     }
     match run.latest_step()? {
         Some(step) => {
-            eprintln!("{} already holds this run: continuing it", run.root.display());
+            crate::log!("{} already holds this run: continuing it", run.root.display());
             Ok((Some(step), false))
         }
         // The run never wrote a checkpoint: there is nothing to continue, and nothing to lose.
@@ -80,6 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mut cfg = resolve(&args, &run)?;
     let (resume_step, start_over) = start(&args, &run, &cfg)?;
+    super::memory::check(&cfg.model, super::memory::Use::Training)?;
     let device = super::device(&args.device)?;
     let data = load_data(&cfg, &run, resume_step)?;
     cfg.model.vocab_size = data.tokenizer.vocab_size();
@@ -137,13 +138,13 @@ fn load_data(cfg: &Config, run: &RunDir, resume_step: Option<usize>) -> Result<D
     let tokenizer = match resume_step {
         Some(_) => Tokenizer::load(&run.tokenizer())?,
         None => {
-            eprintln!("learning a joint BPE vocabulary of up to {} tokens", cfg.model.vocab_size);
+            crate::log!("learning a joint BPE vocabulary of up to {} tokens", cfg.model.vocab_size);
             let texts = pairs.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
             Tokenizer::train(texts, cfg.model.vocab_size)?
         }
     };
     let (train, empty, long) = tokenize_pairs(&tokenizer, &pairs, d.max_len)?;
-    eprintln!(
+    crate::log!(
         "train: {} pairs used, {empty} skipped as empty, {long} skipped as longer than {} tokens",
         train.len(),
         d.max_len
@@ -202,10 +203,10 @@ fn initial_state(
         });
     };
     let state = checkpoint::resume(run, step, store, adam)?;
-    eprintln!("resuming from step {} (epoch {})", state.step, state.epoch + 1);
+    crate::log!("resuming from step {} (epoch {})", state.step, state.epoch + 1);
     let removed = checkpoint::remove_incomplete(run)?;
     if removed > 0 {
-        eprintln!("removed {removed} file(s) of a checkpoint save that was interrupted");
+        crate::log!("removed {removed} file(s) of a checkpoint save that was interrupted");
     }
     MetricsLog::new(&run.metrics()).truncate_after(state.step)?;
     Ok(state)
@@ -213,7 +214,7 @@ fn initial_state(
 
 fn report_model(store: &ParamStore, cfg: &Config) {
     let counts = ParameterCounts::from_store(store);
-    eprintln!(
+    crate::log!(
         "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}",
         counts.total(),
         counts.embeddings,
@@ -230,7 +231,7 @@ fn report_summary(summary: &Summary, started: Instant, run: &RunDir) {
         StopReason::EarlyStopping => "stopped early (no improvement for train.patience validations)",
         StopReason::Interrupted => "interrupted",
     };
-    eprintln!(
+    crate::log!(
         "{how}: {} steps, {} epochs in {:.0} s{}{}; model in {}",
         summary.steps,
         summary.epochs,
@@ -243,7 +244,7 @@ fn report_summary(summary: &Summary, started: Instant, run: &RunDir) {
         run.root.display()
     );
     if summary.reason == StopReason::Interrupted {
-        eprintln!(
+        crate::log!(
             "checkpoint written at step {}; continue with: nmt train --out {} --resume",
             summary.steps,
             run.root.display()
@@ -257,7 +258,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
-        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupt will stop training without a checkpoint");
+        crate::log!("warning: cannot catch Ctrl-C ({e}); an interrupt will stop training without a checkpoint");
     }
     flag
 }

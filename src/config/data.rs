@@ -32,6 +32,7 @@ impl DataConfig {
         if self.max_len == 0 {
             bail!("data.max_len: must be at least 1");
         }
+        super::at_most("data", &[("max_len", self.max_len, super::model::MAX_POSITIONS - 2)])?;
         Ok(())
     }
 

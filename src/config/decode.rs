@@ -39,8 +39,20 @@ impl DecodeConfig {
             ("valid_batch_size", self.valid_batch_size),
         ];
         super::at_least_one("decode", &sizes)?;
+        super::at_most("decode", &[("max_len_extra", self.max_len_extra, super::model::MAX_POSITIONS)])?;
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             bail!("decode.alpha: must be a number ≥ 0, got {}", self.alpha);
+        }
+        Ok(())
+    }
+
+    /// Checks that no beam is wider than the vocabulary: a beam keeps at most that many distinct
+    /// continuations, and a wider one would only allocate for hypotheses that cannot exist.
+    pub fn validate_for_vocab(&self, vocab_size: usize) -> Result<()> {
+        for (name, beam) in [("beam", self.beam), ("valid_beam", self.valid_beam)] {
+            if beam > vocab_size {
+                bail!("decode.{name}: {beam} is larger than the vocabulary ({vocab_size} tokens)");
+            }
         }
         Ok(())
     }

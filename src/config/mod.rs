@@ -99,14 +99,14 @@ impl Config {
         self.train.validate()?;
         self.data.validate_values()?;
         self.decode.validate()?;
-        if self.data.max_len + 2 > self.model.max_positions {
+        if self.data.max_len.saturating_add(2) > self.model.max_positions {
             bail!(
                 "data.max_len: {} tokens plus bos/eos exceed model.max_positions {}",
                 self.data.max_len,
                 self.model.max_positions
             );
         }
-        Ok(())
+        self.decode.validate_for_vocab(self.model.vocab_size)
     }
 }
 
@@ -114,6 +114,15 @@ impl Config {
 fn at_least_one(section: &str, fields: &[(&str, usize)]) -> Result<()> {
     match fields.iter().find(|(_, v)| *v == 0) {
         Some((name, _)) => bail!("{section}.{name}: must be at least 1"),
+        None => Ok(()),
+    }
+}
+
+/// Fails on the first of `fields` (names within `section`, each with its upper bound) above its bound.
+/// The bounds keep sizes far from overflow and from allocations no machine can make.
+fn at_most(section: &str, fields: &[(&str, usize, usize)]) -> Result<()> {
+    match fields.iter().find(|(_, v, max)| v > max) {
+        Some((name, v, max)) => bail!("{section}.{name}: must be at most {max}, got {v}"),
         None => Ok(()),
     }
 }
@@ -231,6 +240,51 @@ mod tests {
             *p = p.as_ref().map(|p| root.join(p));
         }
         demo.validate().unwrap();
+    }
+
+    /// Sizes no machine can hold are refused with their path before anything is built, and no check
+    /// overflows on them (tests run with overflow checks).
+    #[test]
+    fn huge_sizes_are_rejected_with_their_path() {
+        let huge = usize::MAX;
+        for (json, expected) in [
+            (format!(r#"{{"model": {{"d_model": {huge}}}}}"#), "model.d_model: must be at most 65536"),
+            (format!(r#"{{"model": {{"d_ff": {huge}}}}}"#), "model.d_ff: must be at most 1048576"),
+            (format!(r#"{{"model": {{"vocab_size": {huge}}}}}"#), "model.vocab_size: must be at most 16777216"),
+            (format!(r#"{{"model": {{"max_positions": {huge}}}}}"#), "model.max_positions: must be at most 65536"),
+            (format!(r#"{{"model": {{"encoder_layers": {huge}}}}}"#), "model.encoder_layers: must be at most 1024"),
+            (format!(r#"{{"data": {{"max_len": {huge}}}}}"#), "data.max_len: must be at most 65534"),
+            (format!(r#"{{"decode": {{"max_len_extra": {huge}}}}}"#), "decode.max_len_extra: must be at most 65536"),
+            (format!(r#"{{"train": {{"update_freq": {huge}}}}}"#), "train.update_freq: must be at most 65536"),
+            (r#"{"model": {"vocab_size": 100}, "decode": {"beam": 101}}"#.into(), "decode.beam: 101 is larger than"),
+            (r#"{"model": {"vocab_size": 100}, "decode": {"valid_beam": 1000000000}}"#.into(), "decode.valid_beam"),
+        ] {
+            let e = err_all(&json);
+            assert!(e.starts_with(expected), "{json}: {e}");
+        }
+        let mut c = Config::default();
+        c.model.max_positions = model::MAX_POSITIONS;
+        c.data.max_len = model::MAX_POSITIONS - 2;
+        c.decode.beam = c.model.vocab_size;
+        c.validate_values().unwrap();
+    }
+
+    /// The largest model the bounds allow is counted without overflow (`nmt info` prints it).
+    #[test]
+    fn the_largest_allowed_model_is_counted_without_overflow() {
+        let m = ModelConfig {
+            encoder_layers: model::MAX_LAYERS,
+            decoder_layers: model::MAX_LAYERS,
+            d_model: model::MAX_D_MODEL,
+            d_ff: model::MAX_D_FF,
+            vocab_size: model::MAX_VOCAB_SIZE,
+            max_positions: model::MAX_POSITIONS,
+            tie_embeddings: false,
+            norm: Norm::Pre,
+            ..ModelConfig::default()
+        };
+        m.validate().unwrap();
+        assert!(crate::model::count_parameters(&m).total() > 1 << 40);
     }
 
     #[test]

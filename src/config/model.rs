@@ -63,6 +63,14 @@ impl Default for ModelConfig {
     }
 }
 
+/// Upper bounds of the model's sizes: far beyond any Transformer trained, and small enough that every
+/// parameter count and table size stays far from overflowing (their products fit in 64 bits).
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_D_MODEL: usize = 1 << 16;
+pub const MAX_D_FF: usize = 1 << 20;
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+pub const MAX_POSITIONS: usize = 1 << 16;
+
 impl ModelConfig {
     /// d_k = d_v = d_model / h.
     pub fn d_k(&self) -> usize {
@@ -79,6 +87,17 @@ impl ModelConfig {
             ("d_model", m.d_model),
         ];
         super::at_least_one("model", &sizes)?;
+        super::at_most(
+            "model",
+            &[
+                ("encoder_layers", m.encoder_layers, MAX_LAYERS),
+                ("decoder_layers", m.decoder_layers, MAX_LAYERS),
+                ("d_model", m.d_model, MAX_D_MODEL),
+                ("d_ff", m.d_ff, MAX_D_FF),
+                ("vocab_size", m.vocab_size, MAX_VOCAB_SIZE),
+                ("max_positions", m.max_positions, MAX_POSITIONS),
+            ],
+        )?;
         if !m.d_model.is_multiple_of(m.heads) {
             bail!("model.heads: d_model {} is not divisible by {}", m.d_model, m.heads);
         }

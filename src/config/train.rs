@@ -107,6 +107,8 @@ impl TrainConfig {
             ("max_skipped_steps", t.max_skipped_steps),
         ];
         super::at_least_one("train", &counts)?;
+        // Batches of one update are gathered in one list; beyond this, accumulation is not what is wanted.
+        super::at_most("train", &[("update_freq", t.update_freq, 1 << 16)])?;
         if !(t.lr_scale > 0.0 && t.lr_scale.is_finite()) {
             bail!("train.lr_scale: must be a positive number, got {}", t.lr_scale);
         }

@@ -41,7 +41,7 @@ impl<'a> DecodeContext<'a> {
     /// Output length limit for a source of `src_len` tokens: src_len + max_len_extra, within the
     /// position table (one position is the decoder's `<s>`).
     pub fn max_output_len(&self, src_len: usize) -> usize {
-        (src_len + self.max_len_extra).min(self.model.max_positions() - 1)
+        src_len.saturating_add(self.max_len_extra).min(self.model.max_positions() - 1)
     }
 
     /// Encodes a batch of sources (ids without specials): (memory, src_mask).
@@ -66,13 +66,21 @@ pub fn length_penalty(len: usize, alpha: f64) -> f64 {
 pub struct Hypothesis {
     pub tokens: Vec<u32>,
     pub log_prob: f64,
-    /// log P(Y) / lp(|Y|) with |Y| = tokens + `</s>`; equals `log_prob` when α = 0.
+    /// log P(Y) / lp(|Y|), |Y| counting `</s>` when the output has one; equals `log_prob` when α = 0.
     pub score: f64,
 }
 
 impl Hypothesis {
+    /// An output that ended with `</s>`: |Y| = tokens + 1.
     pub fn new(tokens: Vec<u32>, log_prob: f64, alpha: f64) -> Self {
         let score = log_prob / length_penalty(tokens.len() + 1, alpha);
+        Self { tokens, log_prob, score }
+    }
+
+    /// An output cut at the length limit, without `</s>`: |Y| = tokens. So no output is longer than the
+    /// limit, the length a search's stopping bound assumes.
+    pub fn cut(tokens: Vec<u32>, log_prob: f64, alpha: f64) -> Self {
+        let score = log_prob / length_penalty(tokens.len(), alpha);
         Self { tokens, log_prob, score }
     }
 }

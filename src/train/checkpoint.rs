@@ -8,7 +8,7 @@ use super::early_stop::BestTracker;
 use super::optim::Adam;
 use crate::model::init::ParamStore;
 use crate::rng::Rng;
-use crate::run_dir::{parse_checkpoint_name, write_atomic, RunDir};
+use crate::run_dir::{is_best_weights_name, parse_checkpoint_name, write_atomic, RunDir};
 use crate::weights::{load_tensors, load_weights, save_tensors};
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -51,12 +51,39 @@ pub fn save(run: &RunDir, store: &ParamStore, adam: &Adam, state: &TrainState) -
     result
 }
 
-/// Writes the current weights as `checkpoints/best.safetensors`, with `best.json` naming its step.
+/// Writes the current weights as `checkpoints/best-<step>.safetensors`, then `best.json` naming them
+/// (with the step, metric and value), then removes the previous best weights. A crash before `best.json`
+/// is renamed into place leaves the previous pair intact, plus weights that nothing names (removed on
+/// resume by [`remove_incomplete`]); the pair never disagrees.
 pub fn save_best(run: &RunDir, store: &ParamStore, step: usize, metric: &str, value: f64) -> Result<()> {
     create_dir(run)?;
-    save_tensors(&run.best_weights(), &store.tensors())?;
-    let info = serde_json::json!({ "step": step, "metric": metric, "value": value });
-    write_atomic(&run.best_info(), serde_json::to_string_pretty(&info)?.as_bytes())
+    let weights = run.best_weights_at(step);
+    save_tensors(&weights, &store.tensors())?;
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = serde_json::json!({ "step": step, "metric": metric, "value": value, "weights": name });
+    write_atomic(&run.best_info(), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    for old in unnamed_best_weights(run)? {
+        std::fs::remove_file(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Best weights that `best.json` does not name: the previous best, an old-layout `best.safetensors`, or
+/// what a crash before `best.json` was written left behind.
+fn unnamed_best_weights(run: &RunDir) -> Result<Vec<std::path::PathBuf>> {
+    let named = run.best_weights()?;
+    let mut out = vec![];
+    for entry in
+        std::fs::read_dir(run.checkpoints()).with_context(|| format!("cannot list {}", run.checkpoints().display()))?
+    {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let best = is_best_weights_name(&name) || path == run.legacy_best_weights();
+        if best && named.as_ref() != Some(&path) {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes all but the newest `keep` complete checkpoints (0 keeps all). The state file goes first, so an
@@ -76,8 +103,9 @@ pub fn prune(run: &RunDir, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a crash in the middle of a save left in `checkpoints/`: temporary files, and the weights or
-/// optimizer state of a step whose state file was never written. Returns how many files it removed.
+/// Removes what a crash in the middle of a save left in `checkpoints/`: temporary files, the weights or
+/// optimizer state of a step whose state file was never written, and best weights that `best.json` does
+/// not name. Returns how many files it removed.
 pub fn remove_incomplete(run: &RunDir) -> Result<usize> {
     let dir = run.checkpoints();
     if !dir.is_dir() {
@@ -85,6 +113,10 @@ pub fn remove_incomplete(run: &RunDir) -> Result<usize> {
     }
     let complete = run.checkpoint_steps()?;
     let mut removed = 0;
+    for path in unnamed_best_weights(run)? {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        removed += 1;
+    }
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -121,16 +153,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
         std::fs::create_dir_all(run.checkpoints()).unwrap();
-        let keep = [run.weights(3), run.optimizer(3), run.state(3), run.best_weights(), run.best_info()];
+        let keep = [run.weights(3), run.optimizer(3), run.state(3), run.best_weights_at(2), run.best_info()];
         let stale = [
             run.weights(5),
             run.optimizer(5),
             run.checkpoints().join(".ckpt-00000005.state.json.tmp"),
-            run.checkpoints().join(".best.safetensors.tmp"),
+            run.checkpoints().join(".best-00000004.safetensors.tmp"),
+            run.best_weights_at(4), // written, but the crash came before best.json named it
         ];
         for p in keep.iter().chain(&stale) {
             std::fs::write(p, b"x").unwrap();
         }
+        std::fs::write(run.best_info(), r#"{"step": 2, "weights": "best-00000002.safetensors"}"#).unwrap();
         assert_eq!(remove_incomplete(&run).unwrap(), stale.len());
         assert!(keep.iter().all(|p| p.exists()) && !stale.iter().any(|p| p.exists()));
         assert_eq!(remove_incomplete(&run).unwrap(), 0);

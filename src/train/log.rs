@@ -1,4 +1,10 @@
 //! `metrics.jsonl`: one JSON object a line, appended as training goes.
+//!
+//! Lines are appended without an fsync each; the file is fsynced before every checkpoint is written, so
+//! the lines of every step up to a checkpoint are on disk once the checkpoint is. Lines after the last
+//! checkpoint may be lost in a power cut, and a crash can leave the last line torn (half written).
+//! Resuming rewrites the file (atomically) without the lines of steps after the checkpoint and without
+//! any line that is not a whole JSON object, so a resumed run's metrics read as one uninterrupted run.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -59,6 +65,15 @@ impl MetricsLog {
         crate::run_dir::write_atomic(&self.path, kept.as_bytes())
     }
 
+    /// Makes every line written so far durable (a missing file has nothing to sync).
+    pub fn sync(&self) -> Result<()> {
+        match std::fs::File::open(&self.path) {
+            Ok(f) => f.sync_all().with_context(|| format!("cannot sync {}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot open {}", self.path.display())),
+        }
+    }
+
     pub fn write<T: Serialize>(&self, line: &T) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -72,6 +87,17 @@ impl MetricsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_after_drops_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(&path, "{\"kind\":\"train\",\"step\":2}\n{\"kind\":\"train\",\"step\":4,\"loss\":1.2").unwrap();
+        let log = MetricsLog::new(&path);
+        log.sync().unwrap();
+        log.truncate_after(4).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"kind\":\"train\",\"step\":2}\n");
+    }
 
     #[test]
     fn truncate_after_keeps_lines_up_to_the_step() {

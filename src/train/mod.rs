@@ -295,6 +295,8 @@ impl Trainer<'_> {
     }
 
     fn save(&self) -> Result<()> {
+        // The metrics of the steps up to this checkpoint become durable before the checkpoint does.
+        MetricsLog::new(&self.run.metrics()).sync()?;
         checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
         checkpoint::prune(&self.run, self.cfg.train.keep_last)
     }

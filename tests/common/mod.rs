@@ -119,6 +119,15 @@ pub fn tiny_config_json(max_steps: usize) -> String {
     )
 }
 
+/// A test whose prerequisite (`what`) is missing: in CI (`CI=true`) that is a failure naming it, since a
+/// test that passes by skipping checks nothing; elsewhere the test is skipped with a message.
+pub fn missing_prerequisite(test: &str, what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {what} is missing, and CI=true: a test must not pass by skipping");
+    }
+    eprintln!("skipped {test}: {what} is missing (with CI=true this fails)");
+}
+
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
