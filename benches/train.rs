@@ -3,7 +3,9 @@
 //! target tokens per second, for a config's model on its training data. It also times the label-smoothed
 //! loss alone, fused and reference path, forward and backward, on the logits of the last batch.
 //!
-//!     cargo bench --bench train -- [CONFIG] [STEPS]
+//!     cargo bench --bench train -- [--reference] [CONFIG] [STEPS]
+//!
+//! `--reference` times the same updates with every fused op off (the tensor-op reference paths).
 //!
 //! Defaults: configs/demo.json, 20 timed updates after 3 untimed ones. The BPE vocabulary is learned
 //! from the config's training data first (not timed).
@@ -40,7 +42,7 @@ struct Phases {
 
 fn main() -> anyhow::Result<()> {
     nmt::ops::cpu::keep_freed_memory();
-    let (mut args, mut dump, mut tokenizer_file) = (Vec::new(), None, None);
+    let (mut args, mut dump, mut tokenizer_file, mut reference) = (Vec::new(), None, None, false);
     let mut it = std::env::args().skip(1);
     let value = |flag: &str, it: &mut std::iter::Skip<std::env::Args>| match it.next() {
         Some(v) if !v.starts_with("--") => Ok(v),
@@ -50,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--dump-batches" => dump = Some(value("--dump-batches", &mut it)?),
             "--tokenizer" => tokenizer_file = Some(value("--tokenizer", &mut it)?),
+            "--reference" => reference = true,
             _ if a.starts_with("--") => {} // `cargo bench` passes --bench
             _ => args.push(a),
         }
@@ -85,29 +88,40 @@ fn main() -> anyhow::Result<()> {
     let mut rng = Rng::seed(t.seed);
     let mut phases = Phases::default();
     let mut last = None;
-    for i in 0..steps + 3 {
-        let picked: Vec<&Example> = batches[order[i % order.len()]].iter().map(|&j| &examples[j]).collect();
-        let batch = Batch::new(&picked, tokenizer.specials, &device)?;
-        let start = Instant::now();
-        let hidden =
-            model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng: &mut rng })?;
-        let forward = start.elapsed();
-        let projection = model.output_projection();
-        let l = projected_label_smoothed_cross_entropy(&hidden, projection, &batch.tgt_out, pad, t.label_smoothing)?;
-        let loss = start.elapsed() - forward;
-        let grads = l.loss.backward()?;
-        let backward = start.elapsed() - forward - loss;
-        let grads: Vec<Option<Tensor>> = adam.params().iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
-        adam.step_with(&grads, learning_rate(i + 1, cfg.model.d_model, t.warmup_steps, t.lr_scale))?;
-        let all = start.elapsed();
-        if i >= 3 {
-            phases.forward += forward;
-            phases.loss += loss;
-            phases.backward += backward;
-            phases.adam += all - forward - loss - backward;
-            phases.tokens += batch.tgt_tokens;
+    let mut updates = || -> anyhow::Result<()> {
+        for i in 0..steps + 3 {
+            let picked: Vec<&Example> = batches[order[i % order.len()]].iter().map(|&j| &examples[j]).collect();
+            let batch = Batch::new(&picked, tokenizer.specials, &device)?;
+            let start = Instant::now();
+            let hidden =
+                model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng: &mut rng })?;
+            let forward = start.elapsed();
+            let projection = model.output_projection();
+            let l =
+                projected_label_smoothed_cross_entropy(&hidden, projection, &batch.tgt_out, pad, t.label_smoothing)?;
+            let loss = start.elapsed() - forward;
+            let grads = l.loss.backward()?;
+            let backward = start.elapsed() - forward - loss;
+            let grads: Vec<Option<Tensor>> =
+                adam.params().iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+            adam.step_with(&grads, learning_rate(i + 1, cfg.model.d_model, t.warmup_steps, t.lr_scale))?;
+            let all = start.elapsed();
+            if i >= 3 {
+                phases.forward += forward;
+                phases.loss += loss;
+                phases.backward += backward;
+                phases.adam += all - forward - loss - backward;
+                phases.tokens += batch.tgt_tokens;
+            }
+            last = Some((hidden, batch));
         }
-        last = Some((hidden, batch));
+        Ok(())
+    };
+    if reference {
+        println!("reference path: every fused op off (nmt::ops::with_reference_path)");
+        nmt::ops::with_reference_path(updates)?;
+    } else {
+        updates()?;
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
     let total = phases.forward + phases.loss + phases.backward + phases.adam;
