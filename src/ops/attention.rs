@@ -12,10 +12,10 @@
 //! No weights are returned: callers that need them (pictures, `nmt explain`, incremental decoding) take
 //! the reference path.
 
-use super::cpu::{contiguous_slice, Real};
+use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices, Real};
 use super::gemm::{matmul, Mat};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 pub struct FusedAttention {
@@ -182,32 +182,12 @@ impl CustomOp3 for FusedAttention {
         _out: &Tensor,
         d_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, d_out) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, d_out.contiguous()?);
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (ds, dl) = d_out.storage_and_layout();
-        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs), Storage::Cpu(ds)) = (&*qs, &*ks, &*vs, &*ds) else {
-            candle_core::bail!("fused attention runs on CPU only");
-        };
-        let dims = self.dims(ql, kl, vl)?;
-        let dev = q.device();
-        macro_rules! run {
-            ($t:ty) => {{
-                let (a, b, c) =
-                    self.backward::<$t>(slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?, slice(ds, dl)?, dims)?;
-                (
-                    Tensor::from_vec(a, q.shape(), dev)?,
-                    Tensor::from_vec(b, k.shape(), dev)?,
-                    Tensor::from_vec(c, v.shape(), dev)?,
-                )
-            }};
-        }
-        let (dq, dk, dv) = match qs {
-            CpuStorage::F32(_) => run!(f32),
-            CpuStorage::F64(_) => run!(f64),
-            other => candle_core::bail!("fused attention: unsupported dtype {:?}", other.dtype()),
-        };
+        let dims = self.dims(q.layout(), k.layout(), v.layout())?;
+        let (dq, dk, dv) = with_float_slices("fused attention", &[q, k, v, d_out], |data| match data {
+            FloatSlices::F32(s) => tensors3(self.backward::<f32>(s[0], s[1], s[2], s[3], dims)?),
+            FloatSlices::F64(s) => tensors3(self.backward::<f64>(s[0], s[1], s[2], s[3], dims)?),
+        })?;
+        let (dq, dk, dv) = (dq.reshape(q.shape())?, dk.reshape(k.shape())?, dv.reshape(v.shape())?);
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

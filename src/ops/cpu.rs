@@ -64,3 +64,46 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// The data of CPU tensors of one float dtype, borrowed for the length of a call.
+pub enum FloatSlices<'a> {
+    F32(Vec<&'a [f32]>),
+    F64(Vec<&'a [f64]>),
+}
+
+/// Runs `f` on the contiguous data of `tensors` (made contiguous first), which must all be CPU tensors
+/// in f32, or all in f64: the common start of the fused ops' backward passes. `op` names the op in errors.
+pub fn with_float_slices<R>(
+    op: &str,
+    tensors: &[&candle_core::Tensor],
+    f: impl FnOnce(FloatSlices) -> Result<R>,
+) -> Result<R> {
+    use candle_core::{CpuStorage, Storage};
+    let tensors = tensors.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let (mut f32s, mut f64s) = (vec![], vec![]);
+    for (storage, layout) in &guards {
+        match &**storage {
+            Storage::Cpu(s @ CpuStorage::F32(_)) => f32s.push(contiguous_slice::<f32>(s, layout, op)?),
+            Storage::Cpu(s @ CpuStorage::F64(_)) => f64s.push(contiguous_slice::<f64>(s, layout, op)?),
+            _ => candle_core::bail!("{op} runs on CPU tensors in f32 or f64 only"),
+        }
+    }
+    match (f32s.len(), f64s.len()) {
+        (_, 0) => f(FloatSlices::F32(f32s)),
+        (0, _) => f(FloatSlices::F64(f64s)),
+        _ => candle_core::bail!("{op}: inputs mix f32 and f64"),
+    }
+}
+
+/// Three gradients as flat CPU tensors (the caller reshapes them).
+#[allow(clippy::type_complexity)]
+pub fn tensors3<T: WithDType>(
+    (a, b, c): (Vec<T>, Vec<T>, Vec<T>),
+) -> Result<(candle_core::Tensor, candle_core::Tensor, candle_core::Tensor)> {
+    let flat = |v: Vec<T>| {
+        let n = v.len();
+        candle_core::Tensor::from_vec(v, n, &candle_core::Device::Cpu)
+    };
+    Ok((flat(a)?, flat(b)?, flat(c)?))
+}

@@ -9,9 +9,9 @@
 //! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
 //! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
 
-use super::cpu::contiguous_slice;
+use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Rows per parallel task.
@@ -126,26 +126,12 @@ impl CustomOp3 for FusedLayerNorm {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, dy) = (x.contiguous()?, dy.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (ds, dl) = dy.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ds)) = (&*xs, &*ws, &*ds) else {
-            candle_core::bail!("fused layer norm runs on CPU only");
-        };
-        let n = w.elem_count();
+        let (dx, dw, db) = with_float_slices("fused layer norm", &[x, w, dy], |data| match data {
+            FloatSlices::F32(s) => tensors3(backward::<f32>(s[0], s[1], s[2], self.eps)),
+            FloatSlices::F64(s) => tensors3(backward::<f64>(s[0], s[1], s[2], self.eps)),
+        })?;
         let dev = x.device();
-        let (dx, dw, db) = match xs {
-            CpuStorage::F32(_) => {
-                let (a, b, c) = backward::<f32>(slice(xs, xl)?, slice(ws, wl)?, slice(ds, dl)?, self.eps);
-                (Tensor::from_vec(a, x.shape(), dev)?, Tensor::from_vec(b, n, dev)?, Tensor::from_vec(c, n, dev)?)
-            }
-            CpuStorage::F64(_) => {
-                let (a, b, c) = backward::<f64>(slice(xs, xl)?, slice(ws, wl)?, slice(ds, dl)?, self.eps);
-                (Tensor::from_vec(a, x.shape(), dev)?, Tensor::from_vec(b, n, dev)?, Tensor::from_vec(c, n, dev)?)
-            }
-            other => candle_core::bail!("fused layer norm: unsupported dtype {:?}", other.dtype()),
-        };
+        let (dx, dw, db) = (dx.reshape(x.shape())?.to_device(dev)?, dw.to_device(dev)?, db.to_device(dev)?);
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

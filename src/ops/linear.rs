@@ -9,10 +9,10 @@
 //!
 //! With g = ∂y (times [y > 0] after ReLU): ∂x = g·W, ∂W = gᵀ·x, ∂b = Σ_rows g.
 
-use super::cpu::contiguous_slice;
+use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices};
 use super::gemm::{matmul, threads_for, Mat};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Columns of ∂b per parallel task.
@@ -131,32 +131,14 @@ impl CustomOp3 for FusedLinear {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, w, y, dy) = (x.contiguous()?, w.contiguous()?, y.contiguous()?, dy.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (ys, yl) = y.storage_and_layout();
-        let (ds, dl) = dy.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ys), Storage::Cpu(ds)) = (&*xs, &*ws, &*ys, &*ds) else {
-            candle_core::bail!("fused linear runs on CPU only");
-        };
         let d_out = b.elem_count();
+        let (dx, dw, db) = with_float_slices("fused linear", &[x, w, y, dy], |data| match data {
+            FloatSlices::F32(s) => tensors3(backward::<f32>(s[0], s[1], s[2], s[3], d_out, self.relu)?),
+            FloatSlices::F64(s) => tensors3(backward::<f64>(s[0], s[1], s[2], s[3], d_out, self.relu)?),
+        })?;
         let dev = x.device();
-        macro_rules! run {
-            ($t:ty) => {{
-                let (dx, dw, db) =
-                    backward::<$t>(slice(xs, xl)?, slice(ws, wl)?, slice(ys, yl)?, slice(ds, dl)?, d_out, self.relu)?;
-                (
-                    Tensor::from_vec(dx, x.shape(), dev)?,
-                    Tensor::from_vec(dw, w.shape(), dev)?,
-                    Tensor::from_vec(db, d_out, dev)?,
-                )
-            }};
-        }
-        let (dx, dw, db) = match xs {
-            CpuStorage::F32(_) => run!(f32),
-            CpuStorage::F64(_) => run!(f64),
-            other => candle_core::bail!("fused linear: unsupported dtype {:?}", other.dtype()),
-        };
+        let (dx, dw, db) = (dx.reshape(x.shape())?, dw.reshape(w.shape())?, db.reshape(d_out)?);
+        let (dx, dw, db) = (dx.to_device(dev)?, dw.to_device(dev)?, db.to_device(dev)?);
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

@@ -44,6 +44,35 @@ impl FusedProjectedCrossEntropy {
         Self { pad, epsilon, with_grad, unit_grads: Mutex::new(None) }
     }
 
+    /// One row's (loss, nll) from its logits; with `g`, the upstream gradient of its loss, the row is
+    /// replaced by the logits' gradient (all zeros for a padding row).
+    fn row<T: Real>(&self, row: &mut [T], y: u32, g: Option<f64>) -> (T, T) {
+        if y == self.pad {
+            row.fill(T::zero());
+            return (T::zero(), T::zero());
+        }
+        let (eps, vocab) = (self.epsilon, row.len() as f64);
+        let max = T::max_of(row);
+        let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / vocab;
+        let x_y = row[y as usize].to_f64();
+        // exp(x - max) is kept in the row: the gradient needs it again.
+        let mut sum = 0f64;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += x.to_f64();
+        }
+        let lse = max.to_f64() + sum.ln();
+        let nll = lse - x_y;
+        if let Some(g) = g {
+            let (scale, shift) = (T::from_f64(g / sum), T::from_f64(g * eps / vocab));
+            for x in row.iter_mut() {
+                *x = *x * scale - shift;
+            }
+            row[y as usize] = T::from_f64(row[y as usize].to_f64() - g * (1.0 - eps));
+        }
+        (T::from_f64((1.0 - eps) * nll + eps * (lse - mean)), T::from_f64(nll))
+    }
+
     /// The (rows, 2) output and, with `row_grad` (the upstream gradient of each row's loss), (∂h, ∂W).
     #[allow(clippy::type_complexity)]
     fn run<T: Real>(
@@ -56,7 +85,6 @@ impl FusedProjectedCrossEntropy {
         let rows = target.len();
         let d = h.len() / rows.max(1);
         let vocab = w.len() / d.max(1);
-        let (eps, uniform) = (self.epsilon, self.epsilon / vocab as f64);
         let mut out = vec![T::zero(); 2 * rows];
         let mut grads = row_grad.map(|_| (vec![T::zero(); rows * d], vec![T::zero(); vocab * d]));
         let mut logits = vec![T::zero(); ROWS_PER_CHUNK.min(rows) * vocab];
@@ -69,31 +97,8 @@ impl FusedProjectedCrossEntropy {
             let outs = &mut out[2 * start..2 * (start + n)];
             lg.par_chunks_mut(vocab).zip(outs.par_chunks_mut(2)).zip(ys.par_iter()).enumerate().for_each(
                 |(i, ((row, o), &y))| {
-                    if y == self.pad {
-                        row.fill(T::zero());
-                        return;
-                    }
-                    let max = T::max_of(row);
-                    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / vocab as f64;
-                    let x_y = row[y as usize].to_f64();
-                    // exp(x - max) is kept in the row: the gradient needs it again.
-                    let mut sum = 0f64;
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += x.to_f64();
-                    }
-                    let lse = max.to_f64() + sum.ln();
-                    let nll = lse - x_y;
-                    o[0] = T::from_f64((1.0 - eps) * nll + eps * (lse - mean));
-                    o[1] = T::from_f64(nll);
-                    if let Some(g) = row_grad {
-                        let g = g[start + i].to_f64();
-                        let (scale, shift) = (T::from_f64(g / sum), T::from_f64(g * uniform));
-                        for x in row.iter_mut() {
-                            *x = *x * scale - shift;
-                        }
-                        row[y as usize] = T::from_f64(row[y as usize].to_f64() - g * (1.0 - eps));
-                    }
+                    let g = row_grad.map(|g| g[start + i].to_f64());
+                    (o[0], o[1]) = self.row(row, y, g);
                 },
             );
             if let Some((dh, dw)) = grads.as_mut() {
