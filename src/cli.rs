@@ -68,6 +68,9 @@ pub struct TrainArgs {
     /// Overrides train.max_steps.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Overrides train.max_minutes: stop with a checkpoint after this many minutes (fractions allowed).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     /// Overrides data.train_src.
     #[arg(long)]
     pub train_src: Option<PathBuf>,

@@ -339,3 +339,39 @@ fn non_finite_updates_are_skipped_and_then_stop_training_without_saving() {
         .collect();
     assert!(left.is_empty(), "checkpoints written after non-finite updates: {left:?}");
 }
+
+/// `--max-minutes` stops a run with a checkpoint and exit 0; the time spent is saved with the training
+/// state, and a resumed run counts it against its own budget.
+#[test]
+fn a_time_budget_stops_with_a_checkpoint_and_resume_counts_the_time_spent() {
+    let d = Dir::new();
+    d.demo("train", 300);
+    d.demo("valid", 20);
+    d.tiny_config(1_000_000);
+    let state = |d: &Dir| -> (usize, f64) {
+        let steps: Vec<usize> = std::fs::read_dir(d.path("run/checkpoints"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_prefix("ckpt-")?.strip_suffix(".state.json")?.parse().ok()
+            })
+            .collect();
+        let step = *steps.iter().max().expect("a checkpoint");
+        let text = std::fs::read_to_string(d.path(&format!("run/checkpoints/ckpt-{step:08}.state.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (step, v["elapsed_sec"].as_f64().expect("elapsed_sec in the state"))
+    };
+    let out = d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-minutes", "0.01"], None).ok();
+    assert!(out.stderr.contains("stopped at the time limit"), "{}", out.stderr);
+    let (step1, spent1) = state(&d);
+    assert!(step1 > 0 && step1 < 1_000_000, "step {step1}");
+    assert!((0.6..60.0).contains(&spent1), "elapsed {spent1}");
+    let out = d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-minutes", "0.03"], None).ok();
+    assert!(out.stderr.contains(&format!("resuming from step {step1}")), "{}", out.stderr);
+    assert!(out.stderr.contains("stopped at the time limit"), "{}", out.stderr);
+    let (step2, spent2) = state(&d);
+    assert!(step2 > step1, "{step2} after {step1}");
+    assert!(spent2 >= 1.8 && spent2 > spent1, "elapsed {spent2} after {spent1}");
+    d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-minutes=-1"], None)
+        .fails_with(&["train.max_minutes"]);
+}

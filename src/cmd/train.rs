@@ -37,6 +37,9 @@ fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
     if let Some(m) = args.max_steps {
         cfg.train.max_steps = m;
     }
+    if let Some(m) = args.max_minutes {
+        cfg.train.max_minutes = m;
+    }
     let what = if args.resume { run.config() } else { args.config.clone() };
     cfg.validate().with_context(|| format!("invalid config {}", what.display()))?;
     Ok(cfg)
@@ -74,6 +77,7 @@ fn start(args: &TrainArgs, run: &RunDir, cfg: &Config) -> Result<(Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    let clock = Instant::now(); // the time budget counts the whole command: reading, BPE, checkpoints
     let run = RunDir::new(out_dir(&args));
     if args.resume && run.latest_step()?.is_none() {
         bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
@@ -105,6 +109,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         train: data.train,
         valid: data.valid,
         interrupt: interrupt_flag(),
+        clock,
     };
     let summary = trainer.run()?;
     report_summary(&summary, started, &run);
@@ -200,6 +205,7 @@ fn initial_state(
             cursor: 0,
             rng: Rng::seed(cfg.train.seed ^ 0x5EED),
             best: Default::default(),
+            elapsed_sec: 0.0,
         });
     };
     let state = checkpoint::resume(run, step, store, adam)?;
@@ -230,6 +236,7 @@ fn report_summary(summary: &Summary, started: Instant, run: &RunDir) {
         StopReason::MaxEpochs => "done (train.max_epochs reached)",
         StopReason::EarlyStopping => "stopped early (no improvement for train.patience validations)",
         StopReason::Interrupted => "interrupted",
+        StopReason::TimeLimit => "stopped at the time limit (train.max_minutes)",
     };
     crate::log!(
         "{how}: {} steps, {} epochs in {:.0} s{}{}; model in {}",

@@ -67,6 +67,12 @@ fn check_file(name: &str, path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(_) => bail!("{name}: {} is not a file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.starts_with("data/multi30k") => bail!(
+            "{name}: cannot open {}: {e} (get Multi30k with `bash scripts/fetch_multi30k.sh`, or point \
+             --{} at a copy)",
+            path.display(),
+            flag(name)
+        ),
         Err(e) => bail!("{name}: cannot open {}: {e}", path.display()),
     }
 }

@@ -45,6 +45,7 @@ pub const NOT_PART_OF_A_RUN: &[&str] = &[
     "train.keep_last",
     "train.patience",
     "train.max_skipped_steps",
+    "train.max_minutes",
     "decode",
 ];
 
@@ -285,6 +286,16 @@ mod tests {
         };
         m.validate().unwrap();
         assert!(crate::model::count_parameters(&m).total() > 1 << 40);
+    }
+
+    /// A missing file of the shipped Multi30k configs' corpus says how to get the corpus.
+    #[test]
+    fn a_missing_multi30k_file_says_how_to_get_it() {
+        let mut c = Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/multi30k.json")).unwrap();
+        c.data.train_src = Some("data/multi30k/no-such-split.de".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("data.train_src: cannot open data/multi30k/no-such-split.de"), "{e}");
+        assert!(e.contains("scripts/fetch_multi30k.sh") && e.contains("--train-src"), "{e}");
     }
 
     #[test]

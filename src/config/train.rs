@@ -64,6 +64,10 @@ pub struct TrainConfig {
     /// Give up after this many updates in a row with a non-finite loss or gradient (each is skipped,
     /// leaving the weights untouched). Default 10.
     pub max_skipped_steps: usize,
+    /// Stop, with a checkpoint, once `nmt train` has spent this many minutes (fractions allowed; the time
+    /// of earlier runs of a resumed run counts), like fairseq's `--stop-time-hours`; 0 means no limit.
+    /// The update in progress at the deadline finishes first. Default 0.
+    pub max_minutes: f64,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +93,7 @@ impl Default for TrainConfig {
             best_metric: BestMetric::Loss,
             patience: 0,
             max_skipped_steps: 10,
+            max_minutes: 0.0,
         }
     }
 }
@@ -122,6 +127,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             bail!("train.label_smoothing: must be in [0, 1), got {}", t.label_smoothing);
+        }
+        if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
+            bail!("train.max_minutes: must be 0 (no limit) or a positive number, got {}", t.max_minutes);
         }
         if !(t.clip_norm >= 0.0 && t.clip_norm.is_finite()) {
             bail!("train.clip_norm: must be 0 (off) or a positive number, got {}", t.clip_norm);

@@ -28,6 +28,10 @@ pub struct TrainState {
     pub rng: Rng,
     /// Best validation so far and the patience count.
     pub best: BestTracker,
+    /// Seconds `nmt train` has spent on this run, over every process that worked on it (0 in
+    /// checkpoints written before the time budget existed).
+    #[serde(default)]
+    pub elapsed_sec: f64,
 }
 
 fn create_dir(run: &RunDir) -> Result<()> {

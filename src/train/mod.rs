@@ -51,6 +51,9 @@ pub struct Trainer<'a> {
     pub valid: Option<ValidSet>,
     /// Set by a signal handler: finish the current update, checkpoint, stop.
     pub interrupt: Arc<AtomicBool>,
+    /// When this process started working on the run (the time budget's clock, added to the time of
+    /// earlier processes in `state.elapsed_sec`).
+    pub clock: Instant,
 }
 
 /// Why training stopped.
@@ -60,6 +63,8 @@ pub enum StopReason {
     MaxEpochs,
     EarlyStopping,
     Interrupted,
+    /// `train.max_minutes` spent.
+    TimeLimit,
 }
 
 /// What a finished run reports.
@@ -194,6 +199,7 @@ impl Trainer<'_> {
         let t = self.cfg.train.clone();
         let batches = make_batches(&self.train, t.batch_tokens);
         let mut lp = Loop::new(&self.run, t.max_steps, self.state.step);
+        let before = self.state.elapsed_sec; // seconds spent by earlier processes
         let mut order = None;
         while self.state.step < t.max_steps {
             let group = self.next_group(&batches, &mut order)?;
@@ -209,6 +215,10 @@ impl Trainer<'_> {
             lp.skipped_in_a_row = 0;
             self.log_when_due(&mut lp)?;
             self.validate_when_due(&mut lp)?;
+            self.state.elapsed_sec = before + self.clock.elapsed().as_secs_f64();
+            if t.max_minutes > 0.0 && self.state.elapsed_sec >= t.max_minutes * 60.0 {
+                lp.reason = StopReason::TimeLimit;
+            }
             if self.interrupt.load(Ordering::SeqCst) {
                 lp.reason = StopReason::Interrupted;
             }
@@ -222,6 +232,7 @@ impl Trainer<'_> {
             }
         }
         lp.progress.finish();
+        self.state.elapsed_sec = before + self.clock.elapsed().as_secs_f64();
         if lp.last_saved != Some(self.state.step) {
             self.save()?;
         }
@@ -257,7 +268,11 @@ impl Trainer<'_> {
             return Ok(());
         }
         let line = self.train_line(&lp.interval, lp.started);
-        let msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
+        let mut msg = format!("loss {:.3} lr {:.2e} {:.0} tok/s", line.loss, line.lr, line.tgt_tokens_per_sec);
+        if t.max_minutes > 0.0 {
+            let left = (t.max_minutes * 60.0 - self.state.elapsed_sec).max(0.0) as u64;
+            msg.push_str(&format!(" time left {}:{:02}:{:02}", left / 3600, left / 60 % 60, left % 60));
+        }
         lp.progress.set_position(step as u64, msg.clone());
         if !lp.progress.is_bar() {
             lp.progress.println(&format!("step {step}/{} epoch {} {msg}", t.max_steps, line.epoch));
