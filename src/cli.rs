@@ -71,6 +71,9 @@ pub struct TrainArgs {
     /// Overrides train.max_minutes: stop with a checkpoint after this many minutes (fractions allowed).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Overrides train.threads: worker threads for training (0: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Overrides data.train_src.
     #[arg(long)]
     pub train_src: Option<PathBuf>,

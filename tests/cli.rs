@@ -306,3 +306,17 @@ fn exit_codes_are_0_1_and_2() {
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("Usage: nmt"), "{}", help.stdout);
 }
+
+/// `--threads` sets the training pool's size; the log says how many threads train.
+#[test]
+fn threads_flag_sets_the_worker_threads() {
+    let d = Dir::new();
+    d.demo("train", 100);
+    d.demo("valid", 5);
+    d.tiny_config(2);
+    let out = d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--threads", "1"], None).ok();
+    assert!(out.stderr.contains("; threads 1"), "{}", out.stderr);
+    let out = d.nmt(&["train", "--config", "tiny.json", "--out", "two", "--threads", "2"], None).ok();
+    assert!(out.stderr.contains("; threads 2"), "{}", out.stderr);
+    d.nmt(&["train", "--config", "tiny.json", "--out", "x", "--threads", "5000"], None).fails_with(&["train.threads"]);
+}

@@ -40,6 +40,9 @@ fn resolve(args: &TrainArgs, run: &RunDir) -> Result<Config> {
     if let Some(m) = args.max_minutes {
         cfg.train.max_minutes = m;
     }
+    if let Some(n) = args.threads {
+        cfg.train.threads = n;
+    }
     let what = if args.resume { run.config() } else { args.config.clone() };
     cfg.validate().with_context(|| format!("invalid config {}", what.display()))?;
     Ok(cfg)
@@ -83,6 +86,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
     }
     let mut cfg = resolve(&args, &run)?;
+    crate::ops::cpu::set_threads(cfg.train.threads)?;
     let (resume_step, start_over) = start(&args, &run, &cfg)?;
     super::memory::check(&cfg.model, super::memory::Use::Training)?;
     let device = super::device(&args.device)?;
@@ -221,12 +225,13 @@ fn initial_state(
 fn report_model(store: &ParamStore, cfg: &Config) {
     let counts = ParameterCounts::from_store(store);
     crate::log!(
-        "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}",
+        "model: {} parameters ({} embeddings, {} encoder, {} decoder); vocabulary {}; threads {}",
         counts.total(),
         counts.embeddings,
         counts.encoder,
         counts.decoder,
-        cfg.model.vocab_size
+        cfg.model.vocab_size,
+        rayon::current_num_threads()
     );
 }
 

@@ -46,6 +46,7 @@ pub const NOT_PART_OF_A_RUN: &[&str] = &[
     "train.patience",
     "train.max_skipped_steps",
     "train.max_minutes",
+    "train.threads",
     "decode",
 ];
 

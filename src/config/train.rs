@@ -68,6 +68,9 @@ pub struct TrainConfig {
     /// of earlier runs of a resumed run counts), like fairseq's `--stop-time-hours`; 0 means no limit.
     /// The update in progress at the deadline finishes first. Default 0.
     pub max_minutes: f64,
+    /// Worker threads for training (the fused ops, the matrix products and candle's element-wise ops all
+    /// share them); 0 means one per core. Default 0.
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +97,7 @@ impl Default for TrainConfig {
             patience: 0,
             max_skipped_steps: 10,
             max_minutes: 0.0,
+            threads: 0,
         }
     }
 }
@@ -127,6 +131,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             bail!("train.label_smoothing: must be in [0, 1), got {}", t.label_smoothing);
+        }
+        if t.threads > 1024 {
+            bail!("train.threads: must be at most 1024, got {}", t.threads);
         }
         if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) {
             bail!("train.max_minutes: must be 0 (no limit) or a positive number, got {}", t.max_minutes);

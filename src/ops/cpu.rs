@@ -107,3 +107,19 @@ pub fn tensors3<T: WithDType>(
     };
     Ok((flat(a)?, flat(b)?, flat(c)?))
 }
+
+/// Sets the number of worker threads of everything that computes: rayon's global pool (the fused ops,
+/// gemm's threaded products) and candle's element-wise pool, which both read `RAYON_NUM_THREADS` when
+/// they start. 0 keeps the default, one per core. Call it before any parallel work has run.
+pub fn set_threads(n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    // Nothing else runs yet: this is the first thing `nmt train` does after reading its config.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("train.threads {n}: cannot start the thread pool: {e}"))
+}
