@@ -1,7 +1,8 @@
 //! Progress on stderr: an indicatif bar on a terminal, periodic plain lines otherwise.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::time::Instant;
 
 /// Writes one line to stderr and ignores a failure: a broken or closed stderr (`nmt train 2>&1 | head -1`)
 /// must not stop the work, and `eprintln!` would panic on it. Use it through [`crate::log!`].
@@ -24,6 +25,12 @@ pub struct Progress {
 impl Progress {
     /// A bar of `total` units with `unit` in its template; plain lines when stderr is not a terminal.
     pub fn new(total: u64, unit: &str) -> Self {
+        Self::with_deadline(total, unit, None)
+    }
+
+    /// The same, with a deadline (a time budget): the ETA shown is the sooner of the units' ETA and the
+    /// time left until the deadline.
+    pub fn with_deadline(total: u64, unit: &str, deadline: Option<Instant>) -> Self {
         if !std::io::stderr().is_terminal() {
             return Self { bar: None };
         }
@@ -31,6 +38,14 @@ impl Progress {
         let template =
             format!("{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} {{msg}} (ETA {{eta}})");
         if let Ok(style) = ProgressStyle::with_template(&template) {
+            let style = style.with_key("eta", move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let by_units = state.eta();
+                let eta = match deadline {
+                    Some(d) => by_units.min(d.saturating_duration_since(Instant::now())),
+                    None => by_units,
+                };
+                let _ = write!(w, "{:#}", HumanDuration(eta));
+            });
             bar.set_style(style);
         }
         Self { bar: Some(bar) }

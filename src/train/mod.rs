@@ -29,7 +29,7 @@ use log::{MetricsLog, TrainLine, ValidLine};
 use optim::Adam;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The validation set: tokenized pairs for the loss, raw text for BLEU.
 pub struct ValidSet {
@@ -106,8 +106,8 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(run: &RunDir, max_steps: usize, step: usize) -> Self {
-        let progress = Progress::new(max_steps as u64, "steps");
+    fn new(run: &RunDir, max_steps: usize, step: usize, deadline: Option<Instant>) -> Self {
+        let progress = Progress::with_deadline(max_steps as u64, "steps", deadline);
         progress.set_position(step as u64, String::new());
         Self {
             metrics: MetricsLog::new(&run.metrics()),
@@ -198,8 +198,10 @@ impl Trainer<'_> {
     pub fn run(&mut self) -> Result<Summary> {
         let t = self.cfg.train.clone();
         let batches = make_batches(&self.train, t.batch_tokens);
-        let mut lp = Loop::new(&self.run, t.max_steps, self.state.step);
         let before = self.state.elapsed_sec; // seconds spent by earlier processes
+        let left = t.max_minutes * 60.0 - before - self.clock.elapsed().as_secs_f64();
+        let deadline = (t.max_minutes > 0.0).then(|| Instant::now() + Duration::from_secs_f64(left.max(0.0)));
+        let mut lp = Loop::new(&self.run, t.max_steps, self.state.step, deadline);
         let mut order = None;
         while self.state.step < t.max_steps {
             let group = self.next_group(&batches, &mut order)?;
