@@ -372,6 +372,10 @@ fn a_time_budget_stops_with_a_checkpoint_and_resume_counts_the_time_spent() {
     let (step2, spent2) = state(&d);
     assert!(step2 > step1, "{step2} after {step1}");
     assert!(spent2 >= 1.8 && spent2 > spent1, "elapsed {spent2} after {spent1}");
+    // Nothing left of a smaller budget: the resumed run stops before another update.
+    let out = d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-minutes", "0.02"], None).ok();
+    assert!(out.stderr.contains("stopped at the time limit"), "{}", out.stderr);
+    assert_eq!(state(&d).0, step2, "no update after the budget was spent");
     d.nmt(&["train", "--config", "tiny.json", "--out", "run", "--max-minutes=-1"], None)
         .fails_with(&["train.max_minutes"]);
 }

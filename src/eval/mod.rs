@@ -33,8 +33,9 @@ pub fn teacher_forced_loss(
         let refs: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&refs, sp, device)?;
         let hidden = model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Eval)?;
-        let l =
-            projected_label_smoothed_cross_entropy(&hidden, model.output_projection(), &batch.tgt_out, sp.pad, 0.0)?;
+        // Detached: no gradient is needed, so the fused loss computes none.
+        let (hidden, projection) = (hidden.detach(), model.output_projection().detach());
+        let l = projected_label_smoothed_cross_entropy(&hidden, &projection, &batch.tgt_out, sp.pad, 0.0)?;
         nll += l.nll_sum;
         tokens += l.tokens;
     }

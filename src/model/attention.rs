@@ -312,9 +312,9 @@ mod tests {
         let ids: Vec<u32> =
             (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
         let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
-        let x_pad =
-            padding_mask(&Tensor::from_vec(vec![5u32; batch * q_len], (batch, q_len), &Device::Cpu).unwrap(), 0)
-                .unwrap();
+        let x_ids: Vec<u32> =
+            (0..batch * q_len).map(|i| if i % q_len >= q_len - (i / q_len) % 3 { 0 } else { 5 }).collect();
+        let x_pad = padding_mask(&Tensor::from_vec(x_ids, (batch, q_len), &Device::Cpu).unwrap(), 0).unwrap();
         let causal = causal_mask(q_len, &Device::Cpu).unwrap();
         let probe = random(&mut rng, &[batch, q_len, 48]).to_dtype(DType::F64).unwrap();
         let vars = store.vars();

@@ -9,7 +9,7 @@
 
 use super::init::Mode;
 use crate::config::{ModelConfig, Norm};
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 /// LayerNorm over the last dimension with a learned gain (`weight`) and bias (`bias`).
@@ -44,8 +44,7 @@ impl LayerNorm {
     /// # Shapes
     /// - `x`: (..., d_model) → (..., d_model)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-        if !fused {
+        if !crate::ops::fused(x) {
             return self.forward_reference(x);
         }
         let op = crate::ops::layer_norm::FusedLayerNorm { eps: self.eps };
@@ -101,7 +100,7 @@ impl SublayerConnection {
 mod tests {
     use super::*;
     use crate::model::init::ParamStore;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn cfg(norm: Norm) -> ModelConfig {
         ModelConfig { d_model: 4, dropout: 0.0, norm, ..ModelConfig::default() }

@@ -56,6 +56,10 @@ pub fn step(param: &Var, grad: &Tensor, m: &Tensor, v: &Tensor, s: AdamStep) -> 
     if !super::fused(param.as_tensor()) || grad.dtype() != param.dtype() {
         return Ok(None);
     }
+    let n = param.elem_count();
+    if grad.elem_count() != n || m.elem_count() != n || v.elem_count() != n {
+        candle_core::bail!("fused adam: gradient or moments do not match a parameter of shape {:?}", param.dims());
+    }
     let (p, g, m, v) = (param.as_tensor().contiguous()?, grad.contiguous()?, m.contiguous()?, v.contiguous()?);
     let (shape, dev) = (p.shape().clone(), p.device().clone());
     // The storage guards live in this block only: `param.set` below needs the parameter's storage.

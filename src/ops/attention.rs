@@ -131,7 +131,14 @@ impl FusedAttention {
     fn dims(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
         let (batch, q_len, d_model) = q.shape().dims3()?;
         let (kb, k_len, kd) = k.shape().dims3()?;
-        let ok = self.heads > 0 && d_model % self.heads == 0 && kb == batch && kd == d_model && v.dims() == k.dims();
+        let ok = self.heads > 0
+            && d_model % self.heads == 0
+            && kb == batch
+            && kd == d_model
+            && v.dims() == k.dims()
+            && q_len > 0
+            && k_len > 0
+            && d_model > 0;
         let mask_ok = self.mask.as_ref().is_none_or(|m| m.len() == batch * q_len * k_len);
         if !ok || !mask_ok {
             candle_core::bail!(

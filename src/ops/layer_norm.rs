@@ -106,6 +106,15 @@ impl CustomOp3 for FusedLayerNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let shape = l1.shape().clone();
+        let n = l1.dims().last().copied().unwrap_or(0);
+        if n == 0 || l2.shape().elem_count() != n || l3.shape().elem_count() != n {
+            candle_core::bail!(
+                "fused layer norm: x {:?}, gain {:?}, bias {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
         let y = match s1 {
             CpuStorage::F32(_) => {
                 CpuStorage::F32(forward::<f32>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps))

@@ -37,10 +37,15 @@ pub fn fused(x: &Tensor) -> bool {
     !REFERENCE.with(Cell::get) && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// Runs `f` with every op on its reference path (on this thread), then restores the previous choice.
+/// Runs `f` with every op on its reference path (on this thread), then restores the previous choice,
+/// also when `f` panics.
 pub fn with_reference_path<R>(f: impl FnOnce() -> R) -> R {
-    let before = REFERENCE.with(|r| r.replace(true));
-    let out = f();
-    REFERENCE.with(|r| r.set(before));
-    out
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE.with(|r| r.replace(true)));
+    f()
 }

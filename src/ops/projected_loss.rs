@@ -80,10 +80,10 @@ impl FusedProjectedCrossEntropy {
         h: &[T],
         w: &[T],
         target: &[u32],
+        d: usize,
         row_grad: Option<&[T]>,
     ) -> Result<(Vec<T>, Option<(Vec<T>, Vec<T>)>)> {
         let rows = target.len();
-        let d = h.len() / rows.max(1);
         let vocab = w.len() / d.max(1);
         let mut out = vec![T::zero(); 2 * rows];
         let mut grads = row_grad.map(|_| (vec![T::zero(); rows * d], vec![T::zero(); vocab * d]));
@@ -156,7 +156,7 @@ impl CustomOp3 for FusedProjectedCrossEntropy {
             ($t:ty, $variant:ident) => {{
                 let ones = vec![<$t>::from_f64(1.0); if self.with_grad { rows } else { 0 }];
                 let (out, grads) =
-                    self.run::<$t>(slice(s1, l1)?, slice(s2, l2)?, target, self.with_grad.then_some(&ones[..]))?;
+                    self.run::<$t>(slice(s1, l1)?, slice(s2, l2)?, target, d, self.with_grad.then_some(&ones[..]))?;
                 if let Some((dh, dw)) = grads {
                     let tensors = (Tensor::from_vec(dh, (rows, d), &dev)?, Tensor::from_vec(dw, (vocab, d), &dev)?);
                     *self.unit_grads.lock().unwrap_or_else(|e| e.into_inner()) = Some(tensors);
@@ -202,7 +202,7 @@ impl CustomOp3 for FusedProjectedCrossEntropy {
         let t = slice::<u32>(ts, tl)?;
         macro_rules! run {
             ($t:ty) => {{
-                let (_, grads) = self.run::<$t>(slice(hs, hl)?, slice(ws, wl)?, t, Some(slice(gs, gl)?))?;
+                let (_, grads) = self.run::<$t>(slice(hs, hl)?, slice(ws, wl)?, t, h.dim(1)?, Some(slice(gs, gl)?))?;
                 let (dh, dw) = grads.ok_or_else(|| candle_core::Error::Msg("no gradients computed".into()))?;
                 (Tensor::from_vec(dh, h.shape(), h.device())?, Tensor::from_vec(dw, w.shape(), w.device())?)
             }};

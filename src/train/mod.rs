@@ -204,6 +204,12 @@ impl Trainer<'_> {
         let mut lp = Loop::new(&self.run, t.max_steps, self.state.step, deadline);
         let mut order = None;
         while self.state.step < t.max_steps {
+            if t.max_minutes > 0.0 && before >= t.max_minutes * 60.0 {
+                // A run resumed with nothing left of its budget: stop before another update.
+                lp.reason = StopReason::TimeLimit;
+                lp.last_saved = Some(self.state.step);
+                break;
+            }
             let group = self.next_group(&batches, &mut order)?;
             if group.is_empty() {
                 lp.reason = StopReason::MaxEpochs;
@@ -218,10 +224,10 @@ impl Trainer<'_> {
             self.log_when_due(&mut lp)?;
             self.validate_when_due(&mut lp)?;
             self.state.elapsed_sec = before + self.clock.elapsed().as_secs_f64();
-            if t.max_minutes > 0.0 && self.state.elapsed_sec >= t.max_minutes * 60.0 {
+            if lp.reason == StopReason::MaxSteps && self.out_of_time() {
                 lp.reason = StopReason::TimeLimit;
             }
-            if self.interrupt.load(Ordering::SeqCst) {
+            if lp.reason == StopReason::MaxSteps && self.interrupt.load(Ordering::SeqCst) {
                 lp.reason = StopReason::Interrupted;
             }
             let step = self.state.step;
@@ -245,6 +251,12 @@ impl Trainer<'_> {
             skipped_updates: lp.skipped,
             reason: lp.reason,
         })
+    }
+
+    /// Whether `train.max_minutes` (0: no limit) is spent, by the last recorded `state.elapsed_sec`.
+    fn out_of_time(&self) -> bool {
+        let budget = self.cfg.train.max_minutes;
+        budget > 0.0 && self.state.elapsed_sec >= budget * 60.0
     }
 
     /// Counts an update skipped for a non-finite loss or gradient; too many in a row end the run.
