@@ -31,11 +31,16 @@ pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, pad: u32, 
     }
     let (batch, len, vocab) = logits.dims3()?;
     let target = target.reshape(batch * len)?.contiguous()?;
-    let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
     let op = FusedSmoothedCrossEntropy { pad, epsilon };
-    let out = logits.reshape((batch * len, vocab))?.contiguous()?.apply_op2(&target, op)?; // (batch·len, 2)
-    let loss = (out.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
-    let nll_sum = out.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+    let rows = logits.reshape((batch * len, vocab))?.contiguous()?.apply_op2(&target, op)?;
+    from_rows(&rows, &target, pad)
+}
+
+/// The batch's [`Loss`] from a fused op's (rows, 2) output of (loss, nll) per target position.
+fn from_rows(rows: &Tensor, target: &Tensor, pad: u32) -> Result<Loss> {
+    let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
+    let loss = (rows.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
+    let nll_sum = rows.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
     Ok(Loss { loss, nll_sum, tokens })
 }
 
@@ -60,13 +65,10 @@ pub fn projected_label_smoothed_cross_entropy(
         return label_smoothed_cross_entropy(&logits, target, pad, epsilon);
     }
     let target = target.reshape(batch * len)?.contiguous()?;
-    let tokens = target.ne(pad)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
     let with_grad = hidden.track_op() || projection.track_op();
     let op = crate::ops::projected_loss::FusedProjectedCrossEntropy::new(pad, epsilon, with_grad);
-    let out = hidden.contiguous()?.apply_op3(&projection.contiguous()?, &target, op)?; // (batch·len, 2)
-    let loss = (out.narrow(1, 0, 1)?.sum_all()? / tokens.max(1) as f64)?;
-    let nll_sum = out.narrow(1, 1, 1)?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
-    Ok(Loss { loss, nll_sum, tokens })
+    let rows = hidden.contiguous()?.apply_op3(&projection.contiguous()?, &target, op)?;
+    from_rows(&rows, &target, pad)
 }
 
 /// The loss built from differentiable tensor ops: the reference for the fused op, and the path off CPU.

@@ -123,3 +123,12 @@ pub fn set_threads(n: usize) -> anyhow::Result<()> {
         .build_global()
         .map_err(|e| anyhow::anyhow!("train.threads {n}: cannot start the thread pool: {e}"))
 }
+
+/// Fails when a target id other than `pad` lies outside a vocabulary of `vocab` words (it would index
+/// past a row of logits).
+pub fn check_targets(op: &str, target: &[u32], pad: u32, vocab: usize) -> Result<()> {
+    match target.iter().find(|&&y| y != pad && y as usize >= vocab) {
+        Some(bad) => candle_core::bail!("{op}: target {bad} outside the vocabulary of {vocab}"),
+        None => Ok(()),
+    }
+}

@@ -103,9 +103,7 @@ impl CustomOp2 for FusedSmoothedCrossEntropy {
         if l1.dims().len() != 2 || l1.dims()[0] != rows {
             candle_core::bail!("fused cross-entropy: logits {:?} do not match {rows} targets", l1.dims());
         }
-        if let Some(&bad) = target.iter().find(|&&y| y != self.pad && y as usize >= l1.dims()[1]) {
-            candle_core::bail!("fused cross-entropy: target {bad} outside the vocabulary of {}", l1.dims()[1]);
-        }
+        super::cpu::check_targets("fused cross-entropy", target, self.pad, l1.dims()[1])?;
         let out = match s1 {
             CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(slice(s1, l1)?, target)),
             CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(slice(s1, l1)?, target)),

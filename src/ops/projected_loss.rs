@@ -148,9 +148,7 @@ impl CustomOp3 for FusedProjectedCrossEntropy {
                 l3.dims()
             );
         }
-        if let Some(&bad) = target.iter().find(|&&y| y != self.pad && y as usize >= vocab) {
-            candle_core::bail!("fused projected cross-entropy: target {bad} outside the vocabulary of {vocab}");
-        }
+        super::cpu::check_targets("fused projected cross-entropy", target, self.pad, vocab)?;
         let dev = candle_core::Device::Cpu;
         macro_rules! run {
             ($t:ty, $variant:ident) => {{
