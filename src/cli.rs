@@ -158,6 +158,14 @@ pub struct TranslateArgs {
     /// Read sentences from this file instead of stdin.
     #[arg(long, conflicts_with = "text")]
     pub input: Option<PathBuf>,
+    /// Also draw every attention map of each sentence and its translation (encoder self-attention,
+    /// decoder self-attention and encoder-decoder attention per layer and head, and the alignment) into
+    /// this directory, with an index.html that shows them all.
+    #[arg(long, value_name = "DIR")]
+    pub attention: Option<PathBuf>,
+    /// Format of the --attention pictures: svg (the default) or png.
+    #[arg(long, value_enum, requires = "attention")]
+    pub format: Option<crate::viz::Format>,
     /// Sentences to translate; without them, lines are read from --input or stdin.
     pub text: Vec<String>,
 }

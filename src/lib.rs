@@ -17,7 +17,7 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`loss`] |
 //! | §6.1 decoding (beam search, length penalty), checkpoint averaging | [`decode`], `cmd::average` |
 //! | BLEU and chrF (sacreBLEU-compatible) | [`eval::score`] |
-//! | pictures: heatmaps, positional encoding, training curves | [`viz`] |
+//! | pictures: heatmaps, positional encoding, attention maps, training curves | [`viz`], [`model::trace`] |
 //!
 //! The layers depend one way: `cmd` (the subcommands, glue only) uses `train`, `eval` and `decode`;
 //! `train` uses `eval` and `decode` (validation); `eval` and `decode` use `model`, `loss`, `data` and

@@ -8,6 +8,8 @@ mod memory;
 mod score;
 mod train;
 mod translate;
+// `nmt translate --attention`.
+mod attention;
 // Pictures (issue 13).
 mod inspect;
 mod plot;

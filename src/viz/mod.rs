@@ -9,6 +9,7 @@
 //! - PNG: plotters' bitmap backend draws into memory and the `png` crate encodes it. Plotters' own encoder
 //!   would pull in the `image` crate with JPEG, BMP and GIF support that `nmt` never uses.
 
+pub mod attention;
 pub mod curves;
 pub mod heatmap;
 pub mod positional_encoding;
