@@ -85,6 +85,8 @@ pub struct DecoderLayerTrace {
 pub struct Trace {
     /// Source token embeddings × √d_model: (batch, src_len, d_model)
     pub src_embedding: Tensor,
+    /// The positional encoding PE(0..src_len) that was added: (src_len, d_model)
+    pub src_positional: Tensor,
     /// The same plus the positional encoding, the encoder's input: (batch, src_len, d_model)
     pub src_input: Tensor,
     pub encoder: Vec<EncoderLayerTrace>,
@@ -173,6 +175,7 @@ impl Transformer {
     fn trace_here(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor) -> Result<Trace> {
         let src_embedding = embed(&self.embeddings.src, src)?;
         let src_input = self.positional.forward(&src_embedding, 0)?;
+        let src_positional = self.positional.table().narrow(0, 0, src.dim(1)?)?;
         let (mut x, mut encoder) = (src_input.clone(), vec![]);
         for layer in &self.encoder.layers {
             let (self_attn_norm, self_attn) =
@@ -209,7 +212,7 @@ impl Transformer {
             None => y,
         };
         let logits = self.logits(&hidden)?;
-        Ok(Trace { src_embedding, src_input, encoder, memory, tgt_input, decoder, hidden, logits })
+        Ok(Trace { src_embedding, src_positional, src_input, encoder, memory, tgt_input, decoder, hidden, logits })
     }
 
     /// The attention weights of every layer for one unpadded sentence and its (shifted) translation: one

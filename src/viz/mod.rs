@@ -1,4 +1,4 @@
-//! Pictures: heatmaps of matrices (the positional-encoding table now, attention weights later) and training
+//! Pictures: heatmaps of matrices (the positional-encoding table, attention weights) and training
 //! curves, drawn with `plotters` as SVG (the default) or PNG. This module owns no file: `cmd/` writes the
 //! bytes that [`render`] returns.
 //!
