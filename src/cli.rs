@@ -31,6 +31,10 @@ pub enum Command {
     Plot(PlotArgs),
     /// Pictures of the model's parts: `nmt inspect positional-encoding`.
     Inspect(InspectArgs),
+    /// Walk one sentence through a trained model in the paper's order, with the model's own numbers:
+    /// embeddings and positional encoding, one token's self-attention step by step, every head, residual
+    /// and LayerNorm, the feed-forward network, and greedy decoding with the top 5 next tokens.
+    Explain(ExplainArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +162,14 @@ pub struct TranslateArgs {
     /// Read sentences from this file instead of stdin.
     #[arg(long, conflicts_with = "text")]
     pub input: Option<PathBuf>,
+    /// Also draw every attention map of each sentence and its translation (encoder self-attention,
+    /// decoder self-attention and encoder-decoder attention per layer and head, and the alignment) into
+    /// this directory, with an index.html that shows them all.
+    #[arg(long, value_name = "DIR")]
+    pub attention: Option<PathBuf>,
+    /// Format of the --attention pictures: svg (the default) or png.
+    #[arg(long, value_enum, requires = "attention")]
+    pub format: Option<crate::viz::Format>,
     /// Sentences to translate; without them, lines are read from --input or stdin.
     pub text: Vec<String>,
 }
@@ -293,4 +305,31 @@ pub struct PositionalEncodingArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub picture: PictureFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Run directory written by `nmt train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Checkpoint weights to use; defaults to the run's latest (`best`: the best validation's).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// The source piece whose self-attention is shown: a piece index counted from 0, or the piece's text
+    /// (its leading ▁ optional) [default: the last piece that is not punctuation].
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Encoder layer, counted from 0 [default: the last].
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Attention head, counted from 0.
+    #[arg(long, default_value_t = 0)]
+    pub head: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The sentence to explain.
+    pub sentence: String,
+    #[command(flatten)]
+    pub device: DeviceFlags,
 }

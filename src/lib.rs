@@ -17,9 +17,11 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`loss`] |
 //! | §6.1 decoding (beam search, length penalty), checkpoint averaging | [`decode`], `cmd::average` |
 //! | BLEU and chrF (sacreBLEU-compatible) | [`eval::score`] |
-//! | pictures: heatmaps, positional encoding, training curves | [`viz`] |
+//! | `nmt explain`: one sentence through the model with its own numbers | [`explain`] |
+//! | pictures: heatmaps, positional encoding, attention maps, training curves | [`viz`], [`model::trace`] |
 //!
-//! The layers depend one way: `cmd` (the subcommands, glue only) uses `train`, `eval` and `decode`;
+//! The layers depend one way: `cmd` (the subcommands, glue only) uses `train`, `eval`, `explain` and `decode`;
+//! `explain` uses `decode` and `model` (its [`model::trace`]);
 //! `train` uses `eval` and `decode` (validation); `eval` and `decode` use `model`, `loss`, `data` and
 //! `weights`; `model` uses `ops`. [`config`] (one file per section) owns every default and every check;
 //! [`run_dir`] names a run's files and writes them atomically; [`weights`] reads and writes safetensors;
@@ -35,6 +37,7 @@ pub mod config;
 pub mod data;
 pub mod decode;
 pub mod eval;
+pub mod explain;
 pub mod loss;
 pub mod model;
 pub mod ops;

@@ -255,3 +255,116 @@ fn plot_errors_name_the_metrics_file_and_leave_no_picture() {
     assert_eq!(left, ["run"], "files left behind");
     assert_eq!(std::fs::read_dir(dir.path("run")).unwrap().count(), 1);
 }
+
+/// The text labels of a heatmap SVG after its title: the row labels, then the column labels.
+fn row_and_col_labels(doc: &roxmltree::Document, rows: usize, cols: usize) -> (Vec<String>, Vec<String>) {
+    let t = texts(doc);
+    (t[1..1 + rows].to_vec(), t[1 + rows..1 + rows + cols].to_vec())
+}
+
+/// The side of the one square grid of equal rectangles (the cells of a self-attention map).
+fn square_side(doc: &roxmltree::Document) -> usize {
+    let mut by_size: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+    for r in doc.descendants().filter(|n| n.has_tag_name("rect")) {
+        by_size.entry((num(r, "width"), num(r, "height"))).or_default().push((num(r, "y"), num(r, "x")));
+    }
+    let sides: Vec<usize> = by_size
+        .values()
+        .filter_map(|cells| {
+            let ys = cells.iter().map(|c| c.0).collect::<BTreeSet<_>>().len();
+            let xs = cells.iter().map(|c| c.1).collect::<BTreeSet<_>>().len();
+            (ys == xs && ys * xs == cells.len() && ys > 1).then_some(ys)
+        })
+        .collect();
+    assert_eq!(sides.len(), 1, "no single square grid: {:?}", by_size.keys());
+    sides[0]
+}
+
+/// A trained tiny run whose outputs are at most 4 tokens longer than their sources (so that every label of
+/// the pictures is drawn, none thinned out).
+fn trained_short_outputs() -> Dir {
+    let dir = Dir::new();
+    dir.trained();
+    let path = dir.path("run/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["decode"]["max_len_extra"] = 4.into();
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn translate_attention_draws_every_layer_and_head_with_pieces_and_an_index() {
+    let dir = trained_short_outputs();
+    let sentence = "The dog.";
+    let out = dir.nmt(&["translate", "--model", "run", "--beam", "1", "--attention", "att", sentence, ""], None).ok();
+    let translation = out.stdout.lines().next().unwrap().to_string();
+    let same = dir.nmt(&["translate", "--model", "run", "--beam", "1", sentence], None).ok();
+    assert_eq!(same.stdout.lines().next().unwrap(), translation, "--attention changed the translation");
+    let tok = nmt::data::tokenizer::Tokenizer::load(&dir.path("run/tokenizer.json")).unwrap();
+    let mut source = tok.pieces(&tok.encode(sentence).unwrap());
+    source.push("</s>".to_string());
+    let n = source.len();
+    // The tiny model has 1 encoder and 1 decoder layer of 2 heads: 2 + 2 + 2 pictures and the alignment.
+    let mut stems = vec!["sentence0-alignment".to_string()];
+    for kind in ["encoder", "decoder-self", "cross"] {
+        stems.extend((0..2).map(|h| format!("sentence0-{kind}-layer0-head{h}")));
+    }
+    let encoder = std::fs::read_to_string(dir.path("att/sentence0-encoder-layer0-head1.svg")).unwrap();
+    let doc = parse(&encoder);
+    cells(&doc, n, n);
+    assert_eq!(row_and_col_labels(&doc, n, n), (source.clone(), source.clone()), "labels are the pieces");
+    // The decoder reads <s> and the translation's pieces: m rows, the same m columns.
+    let decoder = std::fs::read_to_string(dir.path("att/sentence0-decoder-self-layer0-head0.svg")).unwrap();
+    let doc = parse(&decoder);
+    let m = square_side(&doc);
+    let grid = cells(&doc, m, m);
+    let (rows, cols) = row_and_col_labels(&doc, m, m);
+    assert_eq!((rows[0].as_str(), &rows), ("<s>", &cols));
+    let text: String = rows[1..].iter().filter(|p| !p.starts_with('<')).map(|p| p.replace('▁', " ")).collect();
+    assert_eq!(text.trim(), translation, "the decoder's labels are the translation's pieces");
+    let zero = hex(Palette::Sequential.colour(0.0));
+    let ys: Vec<i64> = grid.keys().map(|k| k.0).collect::<BTreeSet<_>>().into_iter().collect();
+    let xs: Vec<i64> = grid.keys().map(|k| k.1).collect::<BTreeSet<_>>().into_iter().collect();
+    for (r, y) in ys.iter().enumerate() {
+        for (c, x) in xs.iter().enumerate().skip(r + 1) {
+            assert_eq!(grid[&(*y, *x)], zero, "cell ({r}, {c}) above the diagonal is not zero");
+        }
+    }
+    let cross = std::fs::read_to_string(dir.path("att/sentence0-cross-layer0-head0.svg")).unwrap();
+    let doc = parse(&cross);
+    cells(&doc, m, n);
+    assert_eq!(row_and_col_labels(&doc, m, n), (rows.clone(), source.clone()));
+    let alignment = std::fs::read_to_string(dir.path("att/sentence0-alignment.svg")).unwrap();
+    cells(&parse(&alignment), m, n);
+    // index.html shows exactly the files written (the empty second input has none), under headings.
+    let html = std::fs::read_to_string(dir.path("att/index.html")).unwrap();
+    let shown: BTreeSet<String> =
+        html.split("src=\"").skip(1).map(|s| s.split('"').next().unwrap().to_string()).collect();
+    let written: BTreeSet<String> = std::fs::read_dir(dir.path("att"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f != "index.html")
+        .collect();
+    let expected: BTreeSet<String> = stems.iter().map(|s| format!("{s}.svg")).collect();
+    assert_eq!((&shown, &written), (&expected, &expected));
+    for heading in ["Alignment", "Encoder self-attention, layer 0", "Decoder masked self-attention, layer 0"] {
+        assert!(html.contains(&format!("<h3>{heading}</h3>")), "no heading {heading}");
+    }
+    assert!(html.contains(sentence));
+}
+
+#[test]
+fn translate_attention_png_decodes_and_bad_directories_name_the_flag() {
+    let dir = trained_short_outputs();
+    let args = ["translate", "--model", "run", "--attention", "att", "--format", "png", "The dog runs."];
+    dir.nmt(&args, None).ok();
+    let (w, h, rgb) = decode_png(&std::fs::read(dir.path("att/sentence0-encoder-layer0-head0.png")).unwrap());
+    assert!(w > 100 && h > 100 && rgb.chunks(3).collect::<BTreeSet<_>>().len() > 10);
+    assert!(std::fs::read_to_string(dir.path("att/index.html")).unwrap().contains("sentence0-alignment.png"));
+    dir.write("file.txt", "not a directory");
+    let out = dir.nmt(&["translate", "--model", "run", "--attention", "file.txt/att", "The dog runs."], None);
+    assert!(out.stdout.is_empty(), "translated before failing: {}", out.stdout);
+    out.fails_with(&["--attention", "file.txt/att"]);
+    let usage = dir.nmt(&["translate", "--model", "run", "--format", "png", "The dog runs."], None);
+    assert_eq!(usage.code, 2, "--format without --attention is a usage error");
+}

@@ -8,9 +8,13 @@ mod memory;
 mod score;
 mod train;
 mod translate;
+// `nmt translate --attention`.
+mod attention;
 // Pictures (issue 13).
 mod inspect;
 mod plot;
+// `nmt explain` (issue 13).
+mod explain;
 
 use crate::cli::{Cli, Command, DeviceArg, DeviceFlags, ModelFlags, SearchFlags};
 use crate::config::{Config, DecodeConfig};
@@ -33,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Average(a) => average::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Explain(a) => explain::run(a),
     }
 }
 

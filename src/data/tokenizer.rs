@@ -79,6 +79,12 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The BPE piece of each id as the vocabulary spells it (`▁` marks a word start; specials such as
+    /// `</s>` included); an id outside the vocabulary is written `<id N>`.
+    pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_else(|| format!("<id {id}>"))).collect()
+    }
+
     /// Text of `ids`; special tokens are dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow!("{e}"))

@@ -38,12 +38,12 @@ pub fn scaled_dot_product_attention(
 /// Multi-head attention with projections `w_q`, `w_k`, `w_v` and `w_o` (each with a bias).
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
-    w_q: Linear,
-    w_k: Linear,
-    w_v: Linear,
-    w_o: Linear,
-    heads: usize,
-    d_k: usize,
+    pub(super) w_q: Linear,
+    pub(super) w_k: Linear,
+    pub(super) w_v: Linear,
+    pub(super) w_o: Linear,
+    pub(super) heads: usize,
+    pub(super) d_k: usize,
 }
 
 /// Keys and values already projected and split into heads, kept between decoding steps: the growing
@@ -90,7 +90,7 @@ impl MultiHeadAttention {
     }
 
     /// (batch, len, d_model) → (batch, heads, len, d_k)
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (batch, len, _) = x.dims3()?;
         x.reshape((batch, len, self.heads, self.d_k))? // (batch, len, heads, d_k)
             .transpose(1, 2)? // (batch, heads, len, d_k)

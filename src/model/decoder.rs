@@ -12,12 +12,12 @@ use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
-    self_attn: MultiHeadAttention,
-    self_attn_norm: SublayerConnection,
-    cross_attn: MultiHeadAttention,
-    cross_attn_norm: SublayerConnection,
-    ffn: FeedForward,
-    ffn_norm: SublayerConnection,
+    pub(super) self_attn: MultiHeadAttention,
+    pub(super) self_attn_norm: SublayerConnection,
+    pub(super) cross_attn: MultiHeadAttention,
+    pub(super) cross_attn_norm: SublayerConnection,
+    pub(super) ffn: FeedForward,
+    pub(super) ffn_norm: SublayerConnection,
 }
 
 impl DecoderLayer {
@@ -95,9 +95,9 @@ impl DecoderLayer {
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    layers: Vec<DecoderLayer>,
+    pub(super) layers: Vec<DecoderLayer>,
     /// Only with pre-norm (a deviation from the paper).
-    final_norm: Option<LayerNorm>,
+    pub(super) final_norm: Option<LayerNorm>,
 }
 
 impl Decoder {

@@ -11,10 +11,10 @@ use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
-    self_attn: MultiHeadAttention,
-    self_attn_norm: SublayerConnection,
-    ffn: FeedForward,
-    ffn_norm: SublayerConnection,
+    pub(super) self_attn: MultiHeadAttention,
+    pub(super) self_attn_norm: SublayerConnection,
+    pub(super) ffn: FeedForward,
+    pub(super) ffn_norm: SublayerConnection,
 }
 
 impl EncoderLayer {
@@ -38,9 +38,9 @@ impl EncoderLayer {
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    layers: Vec<EncoderLayer>,
+    pub(super) layers: Vec<EncoderLayer>,
     /// Only with pre-norm (a deviation from the paper).
-    final_norm: Option<LayerNorm>,
+    pub(super) final_norm: Option<LayerNorm>,
 }
 
 impl Encoder {

@@ -13,6 +13,7 @@ pub mod init;
 pub mod linear;
 pub mod mask;
 pub mod norm;
+pub mod trace;
 
 use crate::config::ModelConfig;
 use candle_core::{Device, Result, Tensor};

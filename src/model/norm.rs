@@ -64,8 +64,8 @@ impl LayerNorm {
 /// A residual connection around one sub-layer, with its LayerNorm and dropout.
 #[derive(Debug, Clone)]
 pub struct SublayerConnection {
-    norm: LayerNorm,
-    style: Norm,
+    pub(super) norm: LayerNorm,
+    pub(super) style: Norm,
     dropout: f64,
 }
 

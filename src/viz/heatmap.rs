@@ -1,5 +1,5 @@
 //! A heatmap: one coloured cell per matrix entry, a label per row and per column, a title and a colour
-//! bar. It draws the positional-encoding table and, later, attention weights with BPE pieces on both axes.
+//! bar. It draws the positional-encoding table, and attention weights with BPE pieces on both axes.
 //!
 //! Hand-written on plotters' drawing area rather than built on its `ChartBuilder`: a chart's mesh puts
 //! ticks at round values of a continuous axis, while a heatmap needs one label per row and per column

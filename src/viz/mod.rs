@@ -1,4 +1,4 @@
-//! Pictures: heatmaps of matrices (the positional-encoding table now, attention weights later) and training
+//! Pictures: heatmaps of matrices (the positional-encoding table, attention weights) and training
 //! curves, drawn with `plotters` as SVG (the default) or PNG. This module owns no file: `cmd/` writes the
 //! bytes that [`render`] returns.
 //!
@@ -9,6 +9,7 @@
 //! - PNG: plotters' bitmap backend draws into memory and the `png` crate encodes it. Plotters' own encoder
 //!   would pull in the `image` crate with JPEG, BMP and GIF support that `nmt` never uses.
 
+pub mod attention;
 pub mod curves;
 pub mod heatmap;
 pub mod positional_encoding;
