@@ -64,6 +64,13 @@ fill explain-attention "$(section 2)"
 fill explain-heads "$(section 3)"
 fill explain-layer "$(section 4)"
 fill explain-decoder "$(section 5)"
+# §10: the decoding table's header and first four steps, for label smoothing.
+awk '/^ *step  reads/ { on = 1 } on && n < 5 { print; n++ }' "$(section 5)" > "$TMP/smoothing.txt"
+fill explain-smoothing "$TMP/smoothing.txt"
+
+# §12: the beam's n-best list.
+"$NMT" translate --model "$RUN" --nbest 4 "$SENTENCE" > "$TMP/nbest.txt"
+fill nbest "$TMP/nbest.txt"
 
 # §7, §8: attention maps of the running example (the demo model has 2 layers: layer 1 is the last).
 rm -rf "$FIG/attention"
@@ -74,5 +81,5 @@ find "$FIG/attention" -type f ! -name 'sentence0-encoder-layer1-head0.png' ! -na
 fill_html attention-encoder '![Encoder self-attention of the last layer, head 0, for the running example](figures/attention/sentence0-encoder-layer1-head0.png)'
 fill_html attention-decoder '![Masked decoder self-attention of the last layer, head 0: nothing above the diagonal](figures/attention/sentence0-decoder-self-layer1-head0.png)
 
-![The alignment: encoder-decoder attention of the last layer, averaged over the heads](figures/attention/sentence0-alignment.png)'
+![The alignment: encoder-decoder attention of the last layer, averaged over the heads; row t is the decoder input while it produces piece t + 1](figures/attention/sentence0-alignment.png)'
 echo "updated $FIG and the generated blocks of $GUIDE" >&2
