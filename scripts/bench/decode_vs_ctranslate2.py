@@ -55,7 +55,8 @@ Wall time from text to text, outside any warm-up: every run is a fresh process.
 - nmt: the subprocess's wall time minus nmt's load time. nmt cannot report its own translation time, so
   each round first runs `nmt translate` on an empty input file (process start, reading config.json,
   tokenizer.json and the checkpoint, nothing decoded), three times; the median is subtracted from that
-  round's nmt runs (a warning is printed where it is over half of a run's wall time: too few sentences). The raw wall time (load included) is printed too. Thread-pool start-up and first-call costs
+  round's nmt runs (a warning is printed where it is over half of a run's wall time: too few sentences;
+  where it exceeds the wall time, the run's figures are nan). The raw wall time (load included) is printed too. Thread-pool start-up and first-call costs
   stay on nmt's side, as they stay on CT2's (its threads start with the Translator, before the clock, so
   this favours CT2 by at most a few ms).
 
@@ -304,7 +305,9 @@ def main():
                 out = os.path.join(work, f"{engine}.{s['beam']}.{s['batch']}.r{r}.txt")
                 if engine == "nmt":
                     wall = run_nmt(args, src, out, s["beam"], s["batch"], env)
-                    secs, extra = max(wall - load, 1e-9), {"wall_s": wall}
+                    secs, extra = wall - load, {"wall_s": wall}
+                    if secs <= 0:  # the load's noise exceeds the decoding: no figure rather than a wild one
+                        secs = float("nan")
                 else:
                     res = run_ct2(work, {"ct2": ct2_dir, "tokenizer": tok_path, "src": src, "out": out,
                                          "threads": args.threads, "beam": s["beam"], "batch": s["batch"],
