@@ -99,22 +99,13 @@ import sys
 import tempfile
 import time
 
+from nmt_text import read_lines  # beside this script, so on sys.path when it runs
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 # --------------------------------------------------------------------------------------------------
 # Shared helpers (no torch needed)
-
-
-def read_lines(path):
-    """nmt's `read_lines`: split on \\n, strip one \\r per line, a final newline optional, UTF-8."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        return []
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    return [(raw[:-1] if raw.endswith(b"\r") else raw).decode("utf-8") for raw in data.split(b"\n")]
 
 
 def example_len(src_len, tgt_len):
