@@ -1,11 +1,13 @@
-//! Training speed: milliseconds per update, split into forward (to the decoder output), loss (the output
-//! projection and the loss), backward and the Adam step, and
-//! target tokens per second, for a config's model on its training data. It also times the label-smoothed
-//! loss alone, fused and reference path, forward and backward, on the logits of the last batch.
+//! Training speed: milliseconds per update, split into the gradients (forward and backward, through
+//! `nmt::train::gradients::accumulate` as `nmt train` calls it) and the Adam step, and target tokens per
+//! second, for a config's model on its training data. It also times the label-smoothed loss alone, fused
+//! and reference path, forward and backward, on the logits of the last batch.
 //!
-//!     cargo bench --bench train -- [--reference] [CONFIG] [STEPS]
+//!     cargo bench --bench train -- [--autograd | --reference] [CONFIG] [STEPS]
 //!
-//! `--reference` times the same updates with every fused op off (the tensor-op reference paths).
+//! By default the gradients come from the hand-written step (`nmt::ops::step`). `--autograd` times the
+//! same updates through the model's forward pass and candle's autograd with the fused ops;
+//! `--reference` with every fused op off as well (the tensor-op reference paths).
 //!
 //! Defaults: configs/demo.json, 20 timed updates after 3 untimed ones. The BPE vocabulary is learned
 //! from the config's training data first (not timed).
@@ -22,27 +24,25 @@ use nmt::config::Config;
 use nmt::data::batch::{epoch_order, make_batches, tokenize_pairs, Batch, Example};
 use nmt::data::corpus::read_pairs;
 use nmt::data::tokenizer::Tokenizer;
-use nmt::loss::{
-    label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference, projected_label_smoothed_cross_entropy, Loss,
-};
+use nmt::loss::{label_smoothed_cross_entropy, label_smoothed_cross_entropy_reference, Loss};
 use nmt::model::init::Mode;
 use nmt::rng::Rng;
+use nmt::train::gradients::accumulate;
 use nmt::train::optim::Adam;
 use nmt::train::schedule::learning_rate;
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Phases {
-    forward: Duration,
-    loss: Duration,
-    backward: Duration,
+    /// Forward and backward: `gradients::accumulate`, as `nmt train` calls it.
+    gradients: Duration,
     adam: Duration,
     tokens: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     nmt::ops::cpu::keep_freed_memory();
-    let (mut args, mut dump, mut tokenizer_file, mut reference) = (Vec::new(), None, None, false);
+    let (mut args, mut dump, mut tokenizer_file, mut reference, mut autograd) = (Vec::new(), None, None, false, false);
     let mut it = std::env::args().skip(1);
     let value = |flag: &str, it: &mut std::iter::Skip<std::env::Args>| match it.next() {
         Some(v) if !v.starts_with("--") => Ok(v),
@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             "--dump-batches" => dump = Some(value("--dump-batches", &mut it)?),
             "--tokenizer" => tokenizer_file = Some(value("--tokenizer", &mut it)?),
             "--reference" => reference = true,
+            "--autograd" => autograd = true,
             _ if a.starts_with("--") => {} // `cargo bench` passes --bench
             _ => args.push(a),
         }
@@ -93,50 +94,40 @@ fn main() -> anyhow::Result<()> {
             let picked: Vec<&Example> = batches[order[i % order.len()]].iter().map(|&j| &examples[j]).collect();
             let batch = Batch::new(&picked, tokenizer.specials, &device)?;
             let start = Instant::now();
-            let hidden =
-                model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng: &mut rng })?;
-            let forward = start.elapsed();
-            let projection = model.output_projection();
-            let l =
-                projected_label_smoothed_cross_entropy(&hidden, projection, &batch.tgt_out, pad, t.label_smoothing)?;
-            let loss = start.elapsed() - forward;
-            let grads = l.loss.backward()?;
-            let backward = start.elapsed() - forward - loss;
-            let grads: Vec<Option<Tensor>> =
-                adam.params().iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
-            adam.step_with(&grads, learning_rate(i + 1, cfg.model.d_model, t.warmup_steps, t.lr_scale))?;
-            let all = start.elapsed();
+            let g = accumulate(&model, adam.params(), std::slice::from_ref(&batch), pad, t.label_smoothing, &mut rng)?;
+            let gradients = start.elapsed();
+            adam.step_with(&g.grads, learning_rate(i + 1, cfg.model.d_model, t.warmup_steps, t.lr_scale))?;
             if i >= 3 {
-                phases.forward += forward;
-                phases.loss += loss;
-                phases.backward += backward;
-                phases.adam += all - forward - loss - backward;
+                phases.gradients += gradients;
+                phases.adam += start.elapsed() - gradients;
                 phases.tokens += batch.tgt_tokens;
             }
-            last = Some((hidden, batch));
+            last = Some(batch);
         }
         Ok(())
     };
     if reference {
         println!("reference path: every fused op off (nmt::ops::with_reference_path)");
         nmt::ops::with_reference_path(updates)?;
+    } else if autograd {
+        println!("autograd path: the model's forward pass and candle's autograd (nmt::ops::with_autograd_step)");
+        nmt::ops::with_autograd_step(updates)?;
     } else {
         updates()?;
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
-    let total = phases.forward + phases.loss + phases.backward + phases.adam;
+    let total = phases.gradients + phases.adam;
     println!(
-        "per update (mean of {steps}): forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, adam {:.1} ms, total {:.1} ms",
-        ms(phases.forward),
-        ms(phases.loss),
-        ms(phases.backward),
+        "per update (mean of {steps}): gradients {:.1} ms, adam {:.1} ms, total {:.1} ms",
+        ms(phases.gradients),
         ms(phases.adam),
         ms(total)
     );
     println!("throughput: {:.0} target tokens/s", phases.tokens as f64 / total.as_secs_f64());
 
     // The loss alone on the last batch's logits (as a leaf), forward and backward.
-    let (hidden, batch) = last.unwrap();
+    let batch = last.ok_or_else(|| anyhow::anyhow!("no update ran"))?;
+    let hidden = model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Eval)?;
     let logits = candle_core::Var::from_tensor(&model.logits(&hidden.detach())?)?;
     for (name, f) in [
         ("fused", label_smoothed_cross_entropy as fn(&Tensor, &Tensor, u32, f64) -> candle_core::Result<Loss>),

@@ -174,13 +174,18 @@ impl Mode<'_> {
         match self {
             Mode::Eval => None,
             Mode::Train { .. } if p == 0.0 => None,
-            Mode::Train { rng } => {
-                let keep = 1.0 - p as f32;
-                let scale = 1.0 / keep;
-                Some((0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect())
-            }
+            Mode::Train { rng } => Some(dropout_mask(rng, x.elem_count(), p)),
         }
     }
+}
+
+/// `n` inverted-dropout mask values drawn from `rng`: 0 with probability `p`, 1/(1-p) otherwise. The
+/// hand-written training step ([`crate::ops::step`]) draws its masks here too, in the same order as the
+/// model's forward pass, so both paths drop the same elements.
+pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, p: f64) -> Vec<f32> {
+    let keep = 1.0 - p as f32;
+    let scale = 1.0 / keep;
+    (0..n).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect()
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct Transformer {
     positional: PositionalEncoding,
     encoder: Encoder,
     decoder: Decoder,
-    dropout: f64,
+    cfg: ModelConfig,
 }
 
 impl Transformer {
@@ -66,8 +66,18 @@ impl Transformer {
             positional: PositionalEncoding::new(cfg.max_positions, cfg.d_model, vb.device())?,
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
-            dropout: cfg.dropout,
+            cfg: cfg.clone(),
         })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The positional-encoding table, (max_positions, d_model).
+    pub fn positional_table(&self) -> &Tensor {
+        self.positional.table()
     }
 
     /// The longest sequence the positional-encoding table covers (`model.max_positions`).
@@ -86,7 +96,7 @@ impl Transformer {
     /// - `src`: (batch, src_len) u32; `src_mask`: (batch, 1, 1, src_len) → memory (batch, src_len, d_model)
     pub fn encode(&self, src: &Tensor, src_mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let x = self.positional.forward(&embed(&self.embeddings.src, src)?, 0)?;
-        let x = mode.dropout(&x, self.dropout)?;
+        let x = mode.dropout(&x, self.cfg.dropout)?;
         self.encoder.forward(&x, src_mask, mode)
     }
 
@@ -97,7 +107,7 @@ impl Transformer {
     /// - returns hidden states (batch, tgt_len, d_model)
     pub fn decode(&self, tgt_in: &Tensor, memory: &Tensor, src_mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let y = self.positional.forward(&embed(&self.embeddings.tgt, tgt_in)?, 0)?;
-        let y = mode.dropout(&y, self.dropout)?;
+        let y = mode.dropout(&y, self.cfg.dropout)?;
         self.decoder.forward(&y, memory, src_mask, mode)
     }
 

@@ -26,12 +26,12 @@ pub struct FusedAttention {
 
 /// The sizes of one call: batch rows, query and key lengths, d_model, d_k.
 #[derive(Clone, Copy)]
-struct Dims {
-    batch: usize,
-    q_len: usize,
-    k_len: usize,
-    d_model: usize,
-    d_k: usize,
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub q_len: usize,
+    pub k_len: usize,
+    pub d_model: usize,
+    pub d_k: usize,
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -69,7 +69,9 @@ impl FusedAttention {
         Ok(())
     }
 
-    fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
+    /// Concat(head_1, …, head_h), (batch, q_len, d_model), from Q (batch, q_len, d_model) and K, V
+    /// (batch, k_len, d_model).
+    pub(crate) fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
         let Dims { q_len, k_len, d_model, .. } = dims;
         let mut out = vec![T::zero(); dims.batch * q_len * d_model];
         out.par_chunks_mut(q_len * d_model).enumerate().try_for_each(|(b, out_b)| -> Result<()> {
@@ -85,8 +87,9 @@ impl FusedAttention {
         Ok(out)
     }
 
+    /// (∂Q, ∂K, ∂V) from the gradient of the concatenated output.
     #[allow(clippy::type_complexity)]
-    fn backward<T: Real>(
+    pub(crate) fn backward<T: Real>(
         &self,
         q: &[T],
         k: &[T],

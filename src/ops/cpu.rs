@@ -19,6 +19,7 @@ pub trait Real:
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
     + std::ops::MulAssign
+    + std::ops::AddAssign
     + PartialOrd
 {
     fn exp(self) -> Self;

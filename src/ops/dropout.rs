@@ -25,7 +25,7 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 }
 
 /// a + b·mask, element by element.
-fn add_masked<T: WithDType>(a: &[T], b: &[T], mask: &[f32]) -> Vec<T> {
+pub(crate) fn add_masked<T: WithDType>(a: &[T], b: &[T], mask: &[f32]) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))

@@ -33,7 +33,8 @@ fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+/// y = γ·x̂ + β for every row of `x` (rows of width `w.len()`).
+pub(crate) fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let n = w.len();
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(n * ROWS_PER_TASK).zip(x.par_chunks(n * ROWS_PER_TASK)).for_each(|(ys, xs)| {
@@ -49,7 +50,7 @@ fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
 }
 
 /// Returns (∂x, ∂γ, ∂β).
-fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let n = w.len();
     let mut dx = vec![T::zero(); x.len()];
     let (dw, db) = dx

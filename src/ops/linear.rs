@@ -28,7 +28,7 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 }
 
 /// y = x Wᵀ + b (then ReLU); x (rows, d_in), w (d_out, d_in), b (d_out).
-fn forward<T: WithDType + PartialOrd>(x: &[T], w: &[T], b: &[T], relu: bool) -> Result<Vec<T>> {
+pub(crate) fn forward<T: WithDType + PartialOrd>(x: &[T], w: &[T], b: &[T], relu: bool) -> Result<Vec<T>> {
     let (d_out, d_in) = (b.len(), w.len() / b.len().max(1));
     let rows = x.len() / d_in.max(1);
     let mut y: Vec<T> = Vec::with_capacity(rows * d_out);
@@ -56,35 +56,70 @@ fn backward<T: WithDType + PartialOrd>(
     d_out: usize,
     relu: bool,
 ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-    let d_in = w.len() / d_out.max(1);
+    let (mut dx, mut dw, mut db) = (vec![T::zero(); x.len()], vec![T::zero(); w.len()], vec![T::zero(); d_out]);
+    backward_into(Inputs { x, w, y, relu }, dy, Grads { dx: &mut dx, dx_accumulate: false, dw: &mut dw, db: &mut db })?;
+    Ok((dx, dw, db))
+}
+
+/// What the backward pass reads: the op's input x (rows, d_in), its weight w (d_out, d_in), its output y
+/// (only read with ReLU, for the mask; may be empty without) and whether ReLU was applied.
+#[derive(Clone, Copy)]
+pub(crate) struct Inputs<'a, T> {
+    pub x: &'a [T],
+    pub w: &'a [T],
+    pub y: &'a [T],
+    pub relu: bool,
+}
+
+/// Where the backward pass writes: ∂x into `dx` (added to what it holds with `dx_accumulate`), ∂W and ∂b
+/// added into `dw` and `db`.
+pub(crate) struct Grads<'a, T> {
+    pub dx: &'a mut [T],
+    pub dx_accumulate: bool,
+    pub dw: &'a mut [T],
+    pub db: &'a mut [T],
+}
+
+/// The backward pass into caller-owned buffers (the hand-written training step of [`super::step`]
+/// accumulates every weight's gradient in place): ∂x = g·W, ∂W += gᵀ·x, ∂b += Σ_rows g.
+pub(crate) fn backward_into<T: WithDType + PartialOrd>(i: Inputs<T>, dy: &[T], out: Grads<T>) -> Result<()> {
+    let d_out = out.db.len();
+    let d_in = i.w.len() / d_out.max(1);
     let rows = dy.len() / d_out.max(1);
+    let shapes_fit = i.w.len() == d_out * d_in
+        && dy.len() == rows * d_out
+        && (!i.relu || i.y.len() == dy.len())
+        && i.x.len() == rows * d_in
+        && out.dx.len() == rows * d_in
+        && out.dw.len() == i.w.len();
+    if !shapes_fit {
+        candle_core::bail!("fused linear backward: buffers do not fit ({rows} rows, {d_in} → {d_out})");
+    }
     let masked: Vec<T>;
-    let g = if relu {
-        masked = dy.par_iter().zip(y).map(|(&d, &v)| if v > T::zero() { d } else { T::zero() }).collect();
+    let g = if i.relu {
+        masked = dy.par_iter().zip(i.y).map(|(&d, &v)| if v > T::zero() { d } else { T::zero() }).collect();
         &masked[..]
     } else {
         dy
     };
     let g_mat = Mat::rows(g, rows, d_out, d_out);
-    let mut dx = vec![T::zero(); rows * d_in];
-    matmul(&mut dx, d_in, g_mat, Mat::rows(w, d_out, d_in, d_in), false, threads_for(rows, d_in, d_out))?;
-    let mut dw = vec![T::zero(); d_out * d_in];
-    matmul(&mut dw, d_in, g_mat.t(), Mat::rows(x, rows, d_in, d_in), false, threads_for(d_out, d_in, rows))?;
+    let w_mat = Mat::rows(i.w, d_out, d_in, d_in);
+    matmul(out.dx, d_in, g_mat, w_mat, out.dx_accumulate, threads_for(rows, d_in, d_out))?;
+    matmul(out.dw, d_in, g_mat.t(), Mat::rows(i.x, rows, d_in, d_in), true, threads_for(d_out, d_in, rows))?;
     // Each column is summed over the rows in order by one task: the same result on every run.
-    let mut db = vec![T::zero(); d_out];
-    db.par_chunks_mut(COLUMNS_PER_TASK).enumerate().for_each(|(c, out)| {
+    out.db.par_chunks_mut(COLUMNS_PER_TASK).enumerate().for_each(|(c, db)| {
         let start = c * COLUMNS_PER_TASK;
-        let mut acc = vec![0f64; out.len()];
+        let mut acc = vec![0f64; db.len()];
         for row in g.chunks(d_out) {
-            for (a, v) in acc.iter_mut().zip(&row[start..start + out.len()]) {
+            for (a, v) in acc.iter_mut().zip(&row[start..start + db.len()]) {
                 *a += v.to_f64();
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = T::from_f64(a);
+        for (o, a) in db.iter_mut().zip(acc) {
+            *o = T::from_f64(o.to_f64() + a);
         }
     });
-    Ok((dx, dw, db))
+    Ok(())
 }
 
 impl CustomOp3 for FusedLinear {

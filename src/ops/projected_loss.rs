@@ -75,7 +75,7 @@ impl FusedProjectedCrossEntropy {
 
     /// The (rows, 2) output and, with `row_grad` (the upstream gradient of each row's loss), (∂h, ∂W).
     #[allow(clippy::type_complexity)]
-    fn run<T: Real>(
+    pub(crate) fn run<T: Real>(
         &self,
         h: &[T],
         w: &[T],

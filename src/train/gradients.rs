@@ -24,7 +24,9 @@ pub struct UpdateGradients {
     pub src_tokens: usize,
 }
 
-/// Runs forward and backward over `batches` and returns the token-averaged gradients.
+/// Runs forward and backward over `batches` and returns the token-averaged gradients: by the hand-written
+/// step of [`crate::ops::step`] on CPU, otherwise (and as its reference) through the model's forward pass
+/// and candle's autograd.
 pub fn accumulate(
     model: &Transformer,
     params: &[(String, Var)],
@@ -33,6 +35,16 @@ pub fn accumulate(
     label_smoothing: f64,
     rng: &mut Rng,
 ) -> Result<UpdateGradients> {
+    if let Some(s) = crate::ops::step::accumulate(model, params, batches, pad, label_smoothing, rng)? {
+        let grads = s.grads.into_iter().map(Some).collect();
+        return Ok(UpdateGradients {
+            grads,
+            loss_sum: s.loss_sum,
+            nll_sum: s.nll_sum,
+            tokens: s.tokens,
+            src_tokens: s.src_tokens,
+        });
+    }
     let mut out =
         UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };
     for batch in batches {

@@ -1,0 +1,164 @@
+//! The training step written by hand: forward and backward through the embeddings, both stacks and the
+//! loss, on slices, with every weight's gradient added into one buffer per parameter.
+//!
+//! Hand-written because candle's autograd, which the step used before, costs more than the arithmetic
+//! around the matrix products: it creates every gradient slot with `zeros_like` and adds into it, for
+//! every node (reshapes and transposes included), allocates a tensor per node and per gradient, and
+//! computes gradients that lead to no parameter. Here the graph is the model's own structure, known in
+//! advance: each sub-layer's forward function returns what its backward function needs
+//! (`sublayer.rs`), the stacks run them in order and in reverse (`stacks.rs`), and the kernels are the
+//! fused ops of [`crate::ops`] (linear, attention, LayerNorm, residual dropout, projected loss).
+//!
+//! The reference is the model's forward pass ([`crate::model::Transformer::forward_hidden`]) with the
+//! loss and `Tensor::backward`, which [`crate::train::gradients::accumulate`] takes wherever this step does
+//! not apply (another device, another dtype, the reference path asked for). Dropout masks come from the
+//! run's RNG in the same order as that forward pass draws them, so both paths drop the same elements and a
+//! test compares their gradients, with dropout on, in f64.
+
+mod index;
+mod stacks;
+mod sublayer;
+#[cfg(test)]
+mod tests;
+
+use crate::data::batch::Batch;
+use crate::model::Transformer;
+use crate::ops::cpu::{contiguous_slice, Real};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Storage, Tensor, Var, WithDType};
+use index::ModelIndex;
+use rayon::prelude::*;
+use stacks::{BatchIds, Sums};
+
+/// One update's gradients, already divided by its target-token count, and its loss statistics.
+pub struct StepOutput {
+    /// In the parameter list's order, one per parameter.
+    pub grads: Vec<Tensor>,
+    pub loss_sum: f64,
+    pub nll_sum: f64,
+    pub tokens: usize,
+    pub src_tokens: usize,
+}
+
+/// Forward and backward over `batches` by hand; None where this step does not apply: the reference
+/// path or the autograd step asked for, a device other than the CPU, a dtype other than f32/f64,
+/// parameters that are not exactly the model's, or no batch.
+pub fn accumulate(
+    model: &Transformer,
+    params: &[(String, Var)],
+    batches: &[Batch],
+    pad: u32,
+    label_smoothing: f64,
+    rng: &mut Rng,
+) -> Result<Option<StepOutput>> {
+    let Some((_, first)) = params.first() else { return Ok(None) };
+    if batches.is_empty() {
+        return Ok(None);
+    }
+    let dtype = first.dtype();
+    if !super::hand_written_step(first.as_tensor())
+        || params.iter().any(|(_, v)| v.dtype() != dtype || !v.device().is_cpu())
+    {
+        return Ok(None);
+    }
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    let Some(index) = ModelIndex::find(model.config(), &names) else { return Ok(None) };
+    let tensors: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().contiguous()).collect::<Result<_>>()?;
+    let step = Step { model, index: &index, batches, pad, label_smoothing };
+    match dtype {
+        DType::F32 => step.run::<f32>(&tensors, rng).map(Some),
+        DType::F64 => step.run::<f64>(&tensors, rng).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// One update's inputs.
+struct Step<'a> {
+    model: &'a Transformer,
+    index: &'a ModelIndex,
+    batches: &'a [Batch],
+    pad: u32,
+    label_smoothing: f64,
+}
+
+impl Step<'_> {
+    fn run<T: Real>(&self, tensors: &[Tensor], rng: &mut Rng) -> Result<StepOutput> {
+        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+        let params = guards
+            .iter()
+            .map(|(s, l)| match &**s {
+                Storage::Cpu(c) => contiguous_slice::<T>(c, l, "training step"),
+                _ => candle_core::bail!("training step: parameters must be on the CPU"),
+            })
+            .collect::<Result<Vec<&[T]>>>()?;
+        let cfg = self.model.config();
+        let ctx = sublayer::Ctx {
+            params: &params,
+            norm: cfg.norm,
+            layer_norm_eps: cfg.layer_norm_eps,
+            dropout: cfg.dropout,
+            d_model: cfg.d_model,
+        };
+        let ix = self.index;
+        let rows = |i: usize| params[i].len() / cfg.d_model.max(1);
+        let vocab = rows(ix.src_embedding).min(rows(ix.tgt_embedding)).min(rows(ix.generator));
+        let mut grads: Vec<Vec<T>> = params.iter().map(|p| vec![T::zero(); p.len()]).collect();
+        let (mut sums, mut src_tokens) = (Sums::default(), 0);
+        for batch in self.batches {
+            let ids = self.ids(batch, vocab)?;
+            let pe = self.positions::<T>(ids.src_len.max(ids.tgt_len))?;
+            let s = ctx.batch(&mut grads, ix, &ids, &pe, cfg.heads, (self.pad, self.label_smoothing), rng)?;
+            sums.loss_sum += s.loss_sum;
+            sums.nll_sum += s.nll_sum;
+            sums.tokens += s.tokens;
+            src_tokens += batch.src_tokens;
+        }
+        drop(guards);
+        let scale = T::from_f64(1.0 / sums.tokens.max(1) as f64);
+        let grads = grads
+            .into_iter()
+            .zip(tensors)
+            .map(|(mut g, t)| {
+                g.par_iter_mut().for_each(|v| *v *= scale);
+                Tensor::from_vec(g, t.shape(), &Device::Cpu)
+            })
+            .collect::<Result<_>>()?;
+        let Sums { loss_sum, nll_sum, tokens } = sums;
+        Ok(StepOutput { grads, loss_sum, nll_sum, tokens, src_tokens })
+    }
+
+    /// The batch's ids and key-padding mask as flat vectors; an id outside the vocabulary is an error, as
+    /// `index_select`'s.
+    fn ids(&self, batch: &Batch, vocab: usize) -> Result<BatchIds> {
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<u32>();
+        let (b, src_len) = batch.src.dims2()?;
+        let (tgt_in, tgt_out) = (flat(&batch.tgt_in)?, flat(&batch.tgt_out)?);
+        let src_mask = batch.src_mask.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if tgt_in.len() != tgt_out.len() || tgt_in.len() % b.max(1) != 0 || src_mask.len() != b * src_len {
+            candle_core::bail!(
+                "training step: batch shapes differ (src {:?}, src_mask {:?}, tgt_in {:?}, tgt_out {:?})",
+                batch.src.dims(),
+                batch.src_mask.dims(),
+                batch.tgt_in.dims(),
+                batch.tgt_out.dims()
+            );
+        }
+        let tgt_len = tgt_in.len() / b.max(1);
+        let ids = BatchIds { batch: b, src_len, tgt_len, src: flat(&batch.src)?, tgt_in, tgt_out, src_mask };
+        if let Some(bad) = ids.src.iter().chain(&ids.tgt_in).find(|&&id| id as usize >= vocab) {
+            candle_core::bail!("training step: token id {bad} outside the vocabulary of {vocab}");
+        }
+        crate::ops::cpu::check_targets("training step", &ids.tgt_out, self.pad, vocab)?;
+        Ok(ids)
+    }
+
+    /// The first `len` rows of the positional-encoding table in `T`, (len, d_model) row-major.
+    fn positions<T: WithDType>(&self, len: usize) -> Result<Vec<T>> {
+        let table = self.model.positional_table();
+        let max = table.dim(0)?;
+        if len > max {
+            candle_core::bail!("sequence of {len} positions exceeds model.max_positions {max}");
+        }
+        table.narrow(0, 0, len)?.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
+    }
+}
