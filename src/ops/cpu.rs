@@ -25,10 +25,41 @@ pub trait Real:
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
 
-    /// The largest element of a non-empty slice.
+    /// The largest element of a non-empty slice (in `LANES` running maxima, so that the comparisons do
+    /// not wait on one another; the maximum does not depend on the order).
     fn max_of(xs: &[Self]) -> Self {
-        xs.iter().copied().fold(xs[0], |m, v| if v > m { v } else { m })
+        let mut m = [xs[0]; LANES];
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &v) in m.iter_mut().zip(c) {
+                if v > *m {
+                    *m = v;
+                }
+            }
+        }
+        let rest = chunks.remainder().iter().copied();
+        m.iter().copied().chain(rest).fold(m[0], |a, v| if v > a { v } else { a })
     }
+}
+
+/// Partial sums a reduction keeps apart.
+const LANES: usize = 8;
+
+/// Σ f(i) for i in 0..n, in f64, over `LANES` partial sums combined in a fixed order: a row sum that
+/// adds into one accumulator waits a full add latency per element, this one pipelines (and vectorises
+/// where `f` allows), and gives the same result on every run.
+pub fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (lane, a) in acc.iter_mut().enumerate() {
+            *a += f(base + lane);
+        }
+    }
+    for (a, i) in acc.iter_mut().zip(full..n) {
+        *a += f(i);
+    }
+    acc.iter().sum()
 }
 
 impl Real for f32 {

@@ -9,7 +9,7 @@
 //! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
 //! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
 
-use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices};
+use super::cpu::{contiguous_slice, lane_sum, tensors3, with_float_slices, FloatSlices};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -28,8 +28,8 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 /// Mean and 1/σ of one row.
 fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = row.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(row.len(), |i| row[i].to_f64()) / n;
+    let var = lane_sum(row.len(), |i| (row[i].to_f64() - mean).powi(2)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -61,18 +61,14 @@ pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (V
             let mut xhat = vec![0f64; n];
             for ((dxr, xr), dyr) in dxs.chunks_mut(n).zip(xs.chunks(n)).zip(dys.chunks(n)) {
                 let (mean, inv_std) = row_stats(xr, eps);
-                let (mut g_mean, mut gx_mean) = (0.0, 0.0);
                 for i in 0..n {
                     xhat[i] = (xr[i].to_f64() - mean) * inv_std;
                     let d = dyr[i].to_f64();
                     dw[i] += d * xhat[i];
                     db[i] += d;
-                    let g = d * w[i].to_f64();
-                    g_mean += g;
-                    gx_mean += g * xhat[i];
                 }
-                g_mean /= n as f64;
-                gx_mean /= n as f64;
+                let g_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64()) / n as f64;
+                let gx_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64() * xhat[i]) / n as f64;
                 for i in 0..n {
                     let g = dyr[i].to_f64() * w[i].to_f64();
                     dxr[i] = T::from_f64((g - g_mean - xhat[i] * gx_mean) * inv_std);

@@ -20,7 +20,7 @@
 //! The output is (rows, 2): `loss` and `nll = lse - x_y`, both 0 on padding rows; only `loss` has a
 //! gradient.
 
-use super::cpu::{contiguous_slice, Real};
+use super::cpu::{contiguous_slice, lane_sum, Real};
 use super::gemm::{matmul, threads_for, Mat};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
@@ -53,14 +53,13 @@ impl FusedProjectedCrossEntropy {
         }
         let (eps, vocab) = (self.epsilon, row.len() as f64);
         let max = T::max_of(row);
-        let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / vocab;
+        let mean = lane_sum(row.len(), |i| row[i].to_f64()) / vocab;
         let x_y = row[y as usize].to_f64();
         // exp(x - max) is kept in the row: the gradient needs it again.
-        let mut sum = 0f64;
         for x in row.iter_mut() {
             *x = (*x - max).exp();
-            sum += x.to_f64();
         }
+        let sum = lane_sum(row.len(), |i| row[i].to_f64());
         let lse = max.to_f64() + sum.ln();
         let nll = lse - x_y;
         if let Some(g) = g {

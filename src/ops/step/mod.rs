@@ -65,11 +65,13 @@ pub fn accumulate(
     let Some(index) = ModelIndex::find(model.config(), &names) else { return Ok(None) };
     let tensors: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().contiguous()).collect::<Result<_>>()?;
     let step = Step { model, index: &index, batches, pad, label_smoothing };
-    match dtype {
+    // The whole step runs on a worker of the thread pool: its parallel loops then split work between the
+    // pool's own threads, instead of each one handing work from this thread to the pool and waking it.
+    rayon::scope(|_| match dtype {
         DType::F32 => step.run::<f32>(&tensors, rng).map(Some),
         DType::F64 => step.run::<f64>(&tensors, rng).map(Some),
         _ => Ok(None),
-    }
+    })
 }
 
 /// One update's inputs.
