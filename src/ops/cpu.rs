@@ -94,6 +94,9 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // One arena: the training step allocates on a pool thread, and a second arena would keep a second
+        // copy of the step's freed buffers (peak RSS 1.3 GB instead of 0.68 GB on the Multi30k config).
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
