@@ -100,6 +100,21 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Σ x² over a CPU tensor in f32 or f64, in f64, in parallel over chunks whose partial sums are added in
+/// chunk order (the same result on every run); NaN or infinite when an element is.
+pub fn sum_of_squares(t: &candle_core::Tensor) -> Result<f64> {
+    const CHUNK: usize = 1 << 15;
+    fn sum<T: WithDType>(xs: &[T]) -> f64 {
+        use rayon::prelude::*;
+        let parts: Vec<f64> = xs.par_chunks(CHUNK).map(|c| lane_sum(c.len(), |i| c[i].to_f64().powi(2))).collect();
+        parts.iter().sum()
+    }
+    with_float_slices("sum of squares", &[t], |data| match data {
+        FloatSlices::F32(s) => Ok(sum(s[0])),
+        FloatSlices::F64(s) => Ok(sum(s[0])),
+    })
+}
+
 /// The data of CPU tensors of one float dtype, borrowed for the length of a call.
 pub enum FloatSlices<'a> {
     F32(Vec<&'a [f32]>),

@@ -78,11 +78,15 @@ pub fn accumulate(
     Ok(out)
 }
 
-/// The L2 norm of all gradients together (NaN or infinite if any entry is).
+/// The L2 norm of all gradients together (NaN or infinite if any entry is): on CPU one parallel pass per
+/// gradient ([`crate::ops::cpu::sum_of_squares`]), otherwise (and as its reference) tensor ops.
 pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum = 0.0;
     for g in grads.iter().flatten() {
-        sum += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+        sum += match crate::ops::fused(g) {
+            true => crate::ops::cpu::sum_of_squares(g)?,
+            false => g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?,
+        };
     }
     Ok(sum.sqrt())
 }
@@ -139,6 +143,17 @@ mod tests {
             let diff = (g - h).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f32>().unwrap();
             assert!(diff < 1e-5, "{name}: accumulated and merged gradients differ by {diff}");
         }
+    }
+
+    /// The one-pass norm equals the tensor-op reference on a gradient spread over several parallel tasks.
+    #[test]
+    fn fast_norm_equals_the_reference() {
+        let mut rng = Rng::seed(4);
+        let v: Vec<f32> = (0..100_003).map(|_| rng.normal()).collect();
+        let grads = vec![Some(Tensor::from_vec(v, (1, 100_003), &Device::Cpu).unwrap()), None];
+        let fast = global_norm(&grads).unwrap();
+        let reference = crate::ops::with_reference_path(|| global_norm(&grads)).unwrap();
+        assert!((fast - reference).abs() < 1e-6 * reference, "{fast} vs {reference}");
     }
 
     #[test]
