@@ -35,15 +35,8 @@ pub fn accumulate(
     label_smoothing: f64,
     rng: &mut Rng,
 ) -> Result<UpdateGradients> {
-    if let Some(s) = crate::ops::step::accumulate(model, params, batches, pad, label_smoothing, rng)? {
-        let grads = s.grads.into_iter().map(Some).collect();
-        return Ok(UpdateGradients {
-            grads,
-            loss_sum: s.loss_sum,
-            nll_sum: s.nll_sum,
-            tokens: s.tokens,
-            src_tokens: s.src_tokens,
-        });
+    if let Some(update) = crate::ops::step::accumulate(model, params, batches, pad, label_smoothing, rng)? {
+        return Ok(update);
     }
     let mut out =
         UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };

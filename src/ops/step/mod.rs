@@ -25,22 +25,14 @@ use crate::data::batch::Batch;
 use crate::model::Transformer;
 use crate::ops::cpu::{contiguous_slice, Real};
 use crate::rng::Rng;
+use crate::train::gradients::UpdateGradients;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var, WithDType};
 use index::ModelIndex;
 use rayon::prelude::*;
 use stacks::{BatchIds, Sums};
 
-/// One update's gradients, already divided by its target-token count, and its loss statistics.
-pub struct StepOutput {
-    /// In the parameter list's order, one per parameter.
-    pub grads: Vec<Tensor>,
-    pub loss_sum: f64,
-    pub nll_sum: f64,
-    pub tokens: usize,
-    pub src_tokens: usize,
-}
-
-/// Forward and backward over `batches` by hand; None where this step does not apply: the reference
+/// Forward and backward over `batches` by hand: the gradients (one per parameter, divided by the update's
+/// target-token count) and the loss statistics. None where this step does not apply: the reference
 /// path or the autograd step asked for, a device other than the CPU, a dtype other than f32/f64,
 /// parameters that are not exactly the model's, or no batch.
 pub fn accumulate(
@@ -50,7 +42,7 @@ pub fn accumulate(
     pad: u32,
     label_smoothing: f64,
     rng: &mut Rng,
-) -> Result<Option<StepOutput>> {
+) -> Result<Option<UpdateGradients>> {
     let Some((_, first)) = params.first() else { return Ok(None) };
     if batches.is_empty() {
         return Ok(None);
@@ -84,7 +76,7 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    fn run<T: Real>(&self, tensors: &[Tensor], rng: &mut Rng) -> Result<StepOutput> {
+    fn run<T: Real>(&self, tensors: &[Tensor], rng: &mut Rng) -> Result<UpdateGradients> {
         let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
         let params = guards
             .iter()
@@ -122,11 +114,11 @@ impl Step<'_> {
             .zip(tensors)
             .map(|(mut g, t)| {
                 g.par_iter_mut().for_each(|v| *v *= scale);
-                Tensor::from_vec(g, t.shape(), &Device::Cpu)
+                Tensor::from_vec(g, t.shape(), &Device::Cpu).map(Some)
             })
             .collect::<Result<_>>()?;
         let Sums { loss_sum, nll_sum, tokens } = sums;
-        Ok(StepOutput { grads, loss_sum, nll_sum, tokens, src_tokens })
+        Ok(UpdateGradients { grads, loss_sum, nll_sum, tokens, src_tokens })
     }
 
     /// The batch's ids and key-padding mask as flat vectors; an id outside the vocabulary is an error, as
