@@ -300,15 +300,15 @@ mod tests {
     fn fused_attention_equals_the_reference_in_value_and_gradient() {
         use crate::model::mask::{causal_mask, padding_mask};
         use candle_core::{DType, Var};
-        let cfg = ModelConfig { d_model: 48, heads: 4, ..ModelConfig::default() };
+        let cfg = ModelConfig { d_model: 80, heads: 4, ..ModelConfig::default() };
         let store = ParamStore::with_dtype(6, DType::F64, &Device::Cpu);
         let mha = MultiHeadAttention::new(&cfg, store.var_builder().pp("attn")).unwrap();
         let mut rng = Rng::seed(7);
         let mut var =
             |shape: &[usize]| Var::from_tensor(&random(&mut rng, shape).to_dtype(DType::F64).unwrap()).unwrap();
         let (batch, q_len, k_len) = (13, 9, 14);
-        let x = var(&[batch, q_len, 48]);
-        let memory = var(&[batch, k_len, 48]);
+        let x = var(&[batch, q_len, 80]);
+        let memory = var(&[batch, k_len, 80]);
         let ids: Vec<u32> =
             (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
         let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
@@ -316,7 +316,7 @@ mod tests {
             (0..batch * q_len).map(|i| if i % q_len >= q_len - (i / q_len) % 3 { 0 } else { 5 }).collect();
         let x_pad = padding_mask(&Tensor::from_vec(x_ids, (batch, q_len), &Device::Cpu).unwrap(), 0).unwrap();
         let causal = causal_mask(q_len, &Device::Cpu).unwrap();
-        let probe = random(&mut rng, &[batch, q_len, 48]).to_dtype(DType::F64).unwrap();
+        let probe = random(&mut rng, &[batch, q_len, 80]).to_dtype(DType::F64).unwrap();
         let vars = store.vars();
         for (name, memory, mask) in [
             ("self, padding", x.as_tensor(), &x_pad),

@@ -7,7 +7,7 @@
 //!
 //! m ← β1·m + (1-β1)·g; v ← β2·v + (1-β2)·g²; θ ← θ - lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + ε).
 
-use super::cpu::{contiguous_slice, Real};
+use super::cpu::{contiguous_slice, simd, Real};
 use candle_core::{CpuStorage, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
@@ -38,14 +38,17 @@ fn update<T: Real>(p: &[T], g: &[T], m: &[T], v: &[T], s: AdamStep) -> (Vec<T>, 
         .zip(v2.par_chunks_mut(ELEMENTS_PER_TASK));
     outs.enumerate().for_each(|(chunk, ((po, mo), vo))| {
         let start = chunk * ELEMENTS_PER_TASK;
-        for i in 0..po.len() {
-            let j = start + i;
-            let mi = m[j] * b1 + g[j] * ob1;
-            let vi = v[j] * b2 + g[j] * g[j] * ob2;
-            po[i] = p[j] - (mi / bc1) / ((vi / bc2).sqrt() + eps) * lr;
-            mo[i] = mi;
-            vo[i] = vi;
-        }
+        let end = start + po.len();
+        let (p, g, m, v) = (&p[start..end], &g[start..end], &m[start..end], &v[start..end]);
+        simd!(|| {
+            for i in 0..po.len() {
+                let mi = m[i] * b1 + g[i] * ob1;
+                let vi = v[i] * b2 + g[i] * g[i] * ob2;
+                po[i] = p[i] - (mi / bc1) / ((vi / bc2).sqrt() + eps) * lr;
+                mo[i] = mi;
+                vo[i] = vi;
+            }
+        })
     });
     (p2, m2, v2)
 }

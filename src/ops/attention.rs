@@ -6,14 +6,19 @@
 //! The reference path ([`crate::model::attention::MultiHeadAttention::forward_reference`]) splits and
 //! merges heads with copies, runs one small product per (batch, head) after another, and adds a dozen
 //! autograd nodes per attention, each with its zero-filled gradient buffer. This op reads each head's
-//! columns in place (the products take strides), works on the batch rows in parallel, and is one node.
+//! columns in place, works on the batch rows in parallel, and is one node.
 //! The backward pass recomputes P (it is small: q_len × k_len per head) instead of keeping it:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)), dQ = dS K / √d_k, dK = dSᵀ Q / √d_k.
+//!
+//! The products are written by hand, as dot products and `y += αx` over one head's d_k contiguous
+//! elements, compiled for the CPU's widest vectors ([`simd!`](super::cpu::simd)): a general matrix product (the `gemm`
+//! crate, which the first version called per (batch row, head)) packs its operands and dispatches per
+//! call, which costs more than the arithmetic at these sizes (about 25 × 25 × 64 for Multi30k), and
+//! left the attention at 16% of a training step for 2% of its FLOPs (docs/PERFORMANCE.md).
 //! No weights are returned: callers that need them (pictures, `nmt explain`, incremental decoding) take
 //! the reference path.
 
-use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices, Real};
-use super::gemm::{matmul, Mat};
+use super::cpu::{contiguous_slice, simd, tensors3, with_float_slices, FloatSlices, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -38,23 +43,72 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     contiguous_slice(s, l, "fused attention")
 }
 
-/// Head `h`'s (rows, d_k) block of a (rows, d_model) row-major matrix.
-fn head<T>(x: &[T], h: usize, rows: usize, dims: Dims) -> Mat<'_, T> {
-    Mat::rows(&x[h * dims.d_k..], rows, dims.d_k, dims.d_model)
+/// Row `i` of head `h` in a (rows, d_model) row-major block: its d_k elements.
+#[inline(always)]
+fn head_row<T>(x: &[T], i: usize, h: usize, dims: Dims) -> &[T] {
+    let start = i * dims.d_model + h * dims.d_k;
+    &x[start..start + dims.d_k]
+}
+
+/// [`head_row`], mutable.
+#[inline(always)]
+fn head_row_mut<T>(x: &mut [T], i: usize, h: usize, dims: Dims) -> &mut [T] {
+    let start = i * dims.d_model + h * dims.d_k;
+    &mut x[start..start + dims.d_k]
+}
+
+/// Partial sums of a dot product: one 512-bit register of f32, so that the products vectorise.
+const DOT_LANES: usize = 16;
+
+/// a · b, over `DOT_LANES` partial sums combined in a fixed order (the same result on every run).
+#[inline(always)]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); DOT_LANES];
+    let (whole_a, whole_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let mut sum = T::zero();
+    for (&x, &y) in whole_a.remainder().iter().zip(whole_b.remainder()) {
+        sum += x * y;
+    }
+    for (x, y) in whole_a.zip(whole_b) {
+        for lane in 0..DOT_LANES {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut width = DOT_LANES;
+    while width > 1 {
+        width /= 2;
+        for lane in 0..width {
+            let upper = acc[lane + width];
+            acc[lane] += upper;
+        }
+    }
+    acc[0] + sum
+}
+
+/// y += α x.
+#[inline(always)]
+fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
 }
 
 impl FusedAttention {
-    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len).
-    fn probabilities<T: Real>(&self, q: &[T], k: &[T], b: usize, h: usize, dims: Dims, p: &mut [T]) -> Result<()> {
+    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len); `q` and
+    /// `k` are batch row `b`'s (q_len, d_model) and (k_len, d_model) blocks.
+    #[inline(always)]
+    fn probabilities<T: Real>(&self, q: &[T], k: &[T], b: usize, h: usize, dims: Dims, p: &mut [T]) {
         let Dims { q_len, k_len, .. } = dims;
-        matmul(p, k_len, head(q, h, q_len, dims), head(k, h, k_len, dims).t(), false, 1)?;
         let scale = T::from_f64(1.0 / (dims.d_k as f64).sqrt());
         let mask = self.mask.as_deref().map(|m| &m[b * q_len * k_len..(b + 1) * q_len * k_len]);
         for (i, row) in p.chunks_mut(k_len).enumerate() {
+            let q_i = head_row(q, i, h, dims);
             for (j, x) in row.iter_mut().enumerate() {
-                *x *= scale;
-                if let Some(m) = mask {
-                    *x = T::from_f64(x.to_f64() + m[i * k_len + j]);
+                *x = dot(q_i, head_row(k, j, h, dims)) * scale;
+            }
+            if let Some(m) = mask {
+                for (x, &m) in row.iter_mut().zip(&m[i * k_len..(i + 1) * k_len]) {
+                    *x = T::from_f64(x.to_f64() + m);
                 }
             }
             let max = T::max_of(row);
@@ -66,24 +120,30 @@ impl FusedAttention {
             let inv = T::from_f64(1.0 / sum);
             row.iter_mut().for_each(|x| *x *= inv);
         }
-        Ok(())
     }
 
     /// Concat(head_1, …, head_h), (batch, q_len, d_model), from Q (batch, q_len, d_model) and K, V
     /// (batch, k_len, d_model).
     pub(crate) fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
         let Dims { q_len, k_len, d_model, .. } = dims;
-        let mut out = vec![T::zero(); dims.batch * q_len * d_model];
-        out.par_chunks_mut(q_len * d_model).enumerate().try_for_each(|(b, out_b)| -> Result<()> {
-            let (qb, kb, vb) = (&q[b * q_len * d_model..], &k[b * k_len * d_model..], &v[b * k_len * d_model..]);
+        let (q_size, k_size) = (q_len * d_model, k_len * d_model);
+        let mut out = vec![T::zero(); dims.batch * q_size];
+        out.par_chunks_mut(q_size).enumerate().for_each(|(b, out_b)| {
+            let (qb, kb, vb) = (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..]);
             let mut p = vec![T::zero(); q_len * k_len];
-            for h in 0..self.heads {
-                self.probabilities(qb, kb, b, h, dims, &mut p)?;
-                let p_mat = Mat::rows(&p[..], q_len, k_len, k_len);
-                matmul(&mut out_b[h * dims.d_k..], d_model, p_mat, head(vb, h, k_len, dims), false, 1)?;
-            }
-            Ok(())
-        })?;
+            simd!(|| {
+                for h in 0..self.heads {
+                    self.probabilities(qb, kb, b, h, dims, &mut p);
+                    // head_i = P V_h, row by row: out_i = Σ_j P_ij V_j
+                    for (i, p_i) in p.chunks(k_len).enumerate() {
+                        let out_i = head_row_mut(out_b, i, h, dims);
+                        for (j, &p_ij) in p_i.iter().enumerate() {
+                            axpy(p_ij, head_row(vb, j, h, dims), out_i);
+                        }
+                    }
+                }
+            })
+        });
         Ok(out)
     }
 
@@ -104,30 +164,35 @@ impl FusedAttention {
         let mut dv = vec![T::zero(); v.len()];
         let scale = T::from_f64(1.0 / (d_k as f64).sqrt());
         let rows = dq.par_chunks_mut(q_size).zip(dk.par_chunks_mut(k_size)).zip(dv.par_chunks_mut(k_size));
-        rows.enumerate().try_for_each(|(b, ((dq_b, dk_b), dv_b))| -> Result<()> {
+        rows.enumerate().for_each(|(b, ((dq_b, dk_b), dv_b))| {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let dob = &d_out[b * q_size..(b + 1) * q_size];
-            let (mut p, mut dp) = (vec![T::zero(); q_len * k_len], vec![T::zero(); q_len * k_len]);
-            for h in 0..self.heads {
-                self.probabilities(qb, kb, b, h, dims, &mut p)?;
-                let p_mat = Mat::rows(&p[..], q_len, k_len, k_len);
-                let do_h = head(dob, h, q_len, dims);
-                matmul(&mut dv_b[h * d_k..], d_model, p_mat.t(), do_h, false, 1)?;
-                matmul(&mut dp, k_len, do_h, head(vb, h, k_len, dims).t(), false, 1)?;
-                for (dp_row, p_row) in dp.chunks_mut(k_len).zip(p.chunks(k_len)) {
-                    let dot: f64 = dp_row.iter().zip(p_row).map(|(&a, &b)| (a * b).to_f64()).sum();
-                    let dot = T::from_f64(dot);
-                    for (d, &pv) in dp_row.iter_mut().zip(p_row) {
-                        *d = pv * (*d - dot) * scale;
+            let (mut p, mut dp) = (vec![T::zero(); q_len * k_len], vec![T::zero(); k_len]);
+            simd!(|| {
+                for h in 0..self.heads {
+                    self.probabilities(qb, kb, b, h, dims, &mut p);
+                    for (i, p_i) in p.chunks(k_len).enumerate() {
+                        let (q_i, do_i) = (head_row(qb, i, h, dims), head_row(dob, i, h, dims));
+                        // ∂V_j += P_ij ∂O_i and ∂P_ij = ∂O_i · V_j
+                        let mut row_dot = 0f64;
+                        for (j, (&p_ij, dp_ij)) in p_i.iter().zip(dp.iter_mut()).enumerate() {
+                            axpy(p_ij, do_i, head_row_mut(dv_b, j, h, dims));
+                            *dp_ij = dot(do_i, head_row(vb, j, h, dims));
+                            row_dot += (p_ij * *dp_ij).to_f64();
+                        }
+                        // ∂S_ij = P_ij (∂P_ij - Σ_j' P_ij' ∂P_ij') / √d_k; ∂Q_i += ∂S_ij K_j; ∂K_j += ∂S_ij Q_i
+                        let row_dot = T::from_f64(row_dot);
+                        let dq_i = head_row_mut(dq_b, i, h, dims);
+                        for (j, (&p_ij, &dp_ij)) in p_i.iter().zip(dp.iter()).enumerate() {
+                            let ds_ij = p_ij * (dp_ij - row_dot) * scale;
+                            axpy(ds_ij, head_row(kb, j, h, dims), dq_i);
+                            axpy(ds_ij, q_i, head_row_mut(dk_b, j, h, dims));
+                        }
                     }
                 }
-                let ds = Mat::rows(&dp[..], q_len, k_len, k_len);
-                matmul(&mut dq_b[h * d_k..], d_model, ds, head(kb, h, k_len, dims), false, 1)?;
-                matmul(&mut dk_b[h * d_k..], d_model, ds.t(), head(qb, h, q_len, dims), false, 1)?;
-            }
-            Ok(())
-        })?;
+            })
+        });
         Ok((dq, dk, dv))
     }
 

@@ -27,6 +27,7 @@ pub trait Real:
 
     /// The largest element of a non-empty slice (in `LANES` running maxima, so that the comparisons do
     /// not wait on one another; the maximum does not depend on the order).
+    #[inline(always)]
     fn max_of(xs: &[Self]) -> Self {
         let mut m = [xs[0]; LANES];
         let mut chunks = xs.chunks_exact(LANES);
@@ -42,12 +43,38 @@ pub trait Real:
     }
 }
 
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, or AVX2 with FMA), chosen
+/// at run time, so that one binary runs on any x86-64 and uses what it finds; the plain build targets
+/// the x86-64 baseline (SSE2). Whatever `f` inlines is vectorised for that level: mark its helpers
+/// `#[inline(always)]`. Rust never fuses a multiply and an add by itself, so results do not depend on the
+/// level.
+///
+/// `f` itself must be inlined into the dispatching function too: call this through [`simd!`], which
+/// marks the closure `#[inline(always)]`. A closure left to the compiler's choice was compiled on its
+/// own, for the baseline, and the attention kernels ran on 128-bit SSE.
+#[inline(always)]
+pub fn run_vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// `simd!(|| body)`: runs the closure through [`run_vectorized`], inlined.
+macro_rules! simd {
+    (|| $body:expr $(,)?) => {
+        $crate::ops::cpu::run_vectorized(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(crate) use simd;
+
 /// Partial sums a reduction keeps apart.
 const LANES: usize = 8;
 
 /// Σ f(i) for i in 0..n, in f64, over `LANES` partial sums combined in a fixed order: a row sum that
 /// adds into one accumulator waits a full add latency per element, this one pipelines (and vectorises
 /// where `f` allows), and gives the same result on every run.
+#[inline(always)]
 pub fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
     let full = n / LANES * LANES;
@@ -63,18 +90,22 @@ pub fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
 }
 
 impl Real for f32 {
+    #[inline(always)]
     fn exp(self) -> Self {
         f32::exp(self)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
 }
 
 impl Real for f64 {
+    #[inline(always)]
     fn exp(self) -> Self {
         f64::exp(self)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }

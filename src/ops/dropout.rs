@@ -7,7 +7,7 @@
 //! converted to the input's dtype. This op takes the same mask, drawn from the run's RNG in the same
 //! order, so both paths give the same numbers: out = x + y·mask; ∂x = ∂out, ∂y = ∂out·mask.
 
-use super::cpu::contiguous_slice;
+use super::cpu::{contiguous_slice, simd};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -31,9 +31,11 @@ pub(crate) fn add_masked<T: WithDType>(a: &[T], b: &[T], mask: &[f32]) -> Vec<T>
         .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
         .zip(mask.par_chunks(ELEMENTS_PER_TASK))
         .for_each(|((o, (a, b)), m)| {
-            for (((o, &a), &b), &m) in o.iter_mut().zip(a).zip(b).zip(m) {
-                *o = a + b * T::from_f64(m as f64);
-            }
+            simd!(|| {
+                for (((o, &a), &b), &m) in o.iter_mut().zip(a).zip(b).zip(m) {
+                    *o = a + b * T::from_f64(m as f64);
+                }
+            })
         });
     out
 }

@@ -9,7 +9,7 @@
 //! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
 //! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
 
-use super::cpu::{contiguous_slice, lane_sum, tensors3, with_float_slices, FloatSlices};
+use super::cpu::{contiguous_slice, lane_sum, simd, tensors3, with_float_slices, FloatSlices};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -26,6 +26,7 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 }
 
 /// Mean and 1/σ of one row.
+#[inline(always)]
 fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
     let mean = lane_sum(row.len(), |i| row[i].to_f64()) / n;
@@ -38,13 +39,14 @@ pub(crate) fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<
     let n = w.len();
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(n * ROWS_PER_TASK).zip(x.par_chunks(n * ROWS_PER_TASK)).for_each(|(ys, xs)| {
-        for (yr, xr) in ys.chunks_mut(n).zip(xs.chunks(n)) {
-            let (mean, inv_std) = row_stats(xr, eps);
-            for i in 0..n {
-                let xhat = (xr[i].to_f64() - mean) * inv_std;
-                yr[i] = T::from_f64(xhat * w[i].to_f64() + b[i].to_f64());
+        simd!(|| {
+            for (yr, xr) in ys.chunks_mut(n).zip(xs.chunks(n)) {
+                let (mean, inv_std) = row_stats(xr, eps);
+                for (((y, &x), &w), &b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *y = T::from_f64((x.to_f64() - mean) * inv_std * w.to_f64() + b.to_f64());
+                }
             }
-        }
+        })
     });
     y
 }
@@ -57,24 +59,26 @@ pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (V
         .par_chunks_mut(n * ROWS_PER_TASK)
         .zip(x.par_chunks(n * ROWS_PER_TASK).zip(dy.par_chunks(n * ROWS_PER_TASK)))
         .map(|(dxs, (xs, dys))| {
-            let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
-            let mut xhat = vec![0f64; n];
-            for ((dxr, xr), dyr) in dxs.chunks_mut(n).zip(xs.chunks(n)).zip(dys.chunks(n)) {
-                let (mean, inv_std) = row_stats(xr, eps);
-                for i in 0..n {
-                    xhat[i] = (xr[i].to_f64() - mean) * inv_std;
-                    let d = dyr[i].to_f64();
-                    dw[i] += d * xhat[i];
-                    db[i] += d;
+            simd!(|| {
+                let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
+                let mut xhat = vec![0f64; n];
+                for ((dxr, xr), dyr) in dxs.chunks_mut(n).zip(xs.chunks(n)).zip(dys.chunks(n)) {
+                    let (mean, inv_std) = row_stats(xr, eps);
+                    for ((((xh, &x), &d), dw), db) in
+                        xhat.iter_mut().zip(xr).zip(dyr).zip(dw.iter_mut()).zip(db.iter_mut())
+                    {
+                        *xh = (x.to_f64() - mean) * inv_std;
+                        *dw += d.to_f64() * *xh;
+                        *db += d.to_f64();
+                    }
+                    let g_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64()) / n as f64;
+                    let gx_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64() * xhat[i]) / n as f64;
+                    for (((dx, &d), &w), &xh) in dxr.iter_mut().zip(dyr).zip(w).zip(&xhat) {
+                        *dx = T::from_f64((d.to_f64() * w.to_f64() - g_mean - xh * gx_mean) * inv_std);
+                    }
                 }
-                let g_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64()) / n as f64;
-                let gx_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64() * xhat[i]) / n as f64;
-                for i in 0..n {
-                    let g = dyr[i].to_f64() * w[i].to_f64();
-                    dxr[i] = T::from_f64((g - g_mean - xhat[i] * gx_mean) * inv_std);
-                }
-            }
-            (dw, db)
+                (dw, db)
+            })
         })
         .collect::<Vec<_>>()
         // The per-task sums are added in task order, not in rayon's work-stealing order, so that ∂γ and

@@ -20,7 +20,7 @@
 //! The output is (rows, 2): `loss` and `nll = lse - x_y`, both 0 on padding rows; only `loss` has a
 //! gradient.
 
-use super::cpu::{contiguous_slice, lane_sum, Real};
+use super::cpu::{contiguous_slice, lane_sum, simd, Real};
 use super::gemm::{matmul, threads_for, Mat};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
@@ -46,6 +46,7 @@ impl FusedProjectedCrossEntropy {
 
     /// One row's (loss, nll) from its logits; with `g`, the upstream gradient of its loss, the row is
     /// replaced by the logits' gradient (all zeros for a padding row).
+    #[inline(always)]
     fn row<T: Real>(&self, row: &mut [T], y: u32, g: Option<f64>) -> (T, T) {
         if y == self.pad {
             row.fill(T::zero());
@@ -97,7 +98,7 @@ impl FusedProjectedCrossEntropy {
             lg.par_chunks_mut(vocab).zip(outs.par_chunks_mut(2)).zip(ys.par_iter()).enumerate().for_each(
                 |(i, ((row, o), &y))| {
                     let g = row_grad.map(|g| g[start + i].to_f64());
-                    (o[0], o[1]) = self.row(row, y, g);
+                    (o[0], o[1]) = simd!(|| self.row(row, y, g));
                 },
             );
             if let Some((dh, dw)) = grads.as_mut() {
