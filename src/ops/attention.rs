@@ -114,7 +114,7 @@ impl FusedAttention {
             let max = T::max_of(row);
             let mut sum = 0f64;
             for x in row.iter_mut() {
-                *x = (*x - max).exp();
+                *x = (*x - max).exp_fast();
                 sum += x.to_f64();
             }
             let inv = T::from_f64(1.0 / sum);

@@ -58,7 +58,7 @@ impl FusedProjectedCrossEntropy {
         let x_y = row[y as usize].to_f64();
         // exp(x - max) is kept in the row: the gradient needs it again.
         for x in row.iter_mut() {
-            *x = (*x - max).exp();
+            *x = (*x - max).exp_fast();
         }
         let sum = lane_sum(row.len(), |i| row[i].to_f64());
         let lse = max.to_f64() + sum.ln();

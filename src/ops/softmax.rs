@@ -34,7 +34,7 @@ fn forward<T: Real>(x: &[T], width: usize) -> Vec<T> {
             let max = T::max_of(xr);
             let mut sum = 0f64;
             for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x - max).exp();
+                *y = (x - max).exp_fast();
                 sum += y.to_f64();
             }
             let inv = T::from_f64(1.0 / sum);
