@@ -15,6 +15,25 @@ impl Rng {
         Self(ChaCha8Rng::seed_from_u64(seed))
     }
 
+    /// Stream `stream` of the generator seeded with `seed`: ChaCha's 64-bit stream number gives
+    /// independent sequences from one seed, so that work split into blocks can draw in parallel and
+    /// still draw the same numbers whatever the number of threads.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Self(rng)
+    }
+
+    /// A uniform u64 (a seed for [`Self::stream`]).
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.random()
+    }
+
+    /// A uniform u32.
+    pub fn next_u32(&mut self) -> u32 {
+        self.0.random()
+    }
+
     /// A uniform float in [0, 1).
     pub fn uniform(&mut self) -> f32 {
         self.0.random::<f32>()
