@@ -153,7 +153,8 @@ mod tests {
     /// The fused projection and loss equal the product followed by the reference loss, in value and in
     /// the gradients of the hidden states and of the projection: f64, padding present, more rows than one
     /// chunk holds, a vocabulary that takes gemm's threaded path. The gradients repeat bit for bit; an
-    /// upstream gradient that differs between rows (recomputed in the backward pass) is right too.
+    /// upstream gradient that differs between rows (recomputed in the backward pass) is right too. In f32
+    /// the fused op equals the reference to f32 precision.
     #[test]
     fn fused_projection_and_loss_equal_the_reference() {
         use crate::ops::projected_loss::FusedProjectedCrossEntropy;
@@ -199,6 +200,27 @@ mod tests {
             fused.3.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
             again.3.flatten_all().unwrap().to_vec1::<f64>().unwrap()
         );
+        // In f32 (where the softmax uses `exp_f32` and the kernels' vector lanes), to f32 precision.
+        let as_f32 = |v: &Var| Var::from_tensor(&v.to_dtype(DType::F32).unwrap()).unwrap();
+        let (h32, p32) = (as_f32(&hidden), as_f32(&proj));
+        let run32 = |reference: bool| {
+            let f = || {
+                let l =
+                    projected_label_smoothed_cross_entropy(h32.as_tensor(), p32.as_tensor(), &target, 0, 0.1).unwrap();
+                let g = l.loss.backward().unwrap();
+                let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+                (f64s(&l.loss).to_vec0::<f64>().unwrap(), f64s(g.get(&h32).unwrap()), f64s(g.get(&p32).unwrap()))
+            };
+            if reference {
+                crate::ops::with_reference_path(f)
+            } else {
+                f()
+            }
+        };
+        let (fused32, reference32) = (run32(false), run32(true));
+        assert!((fused32.0 - reference32.0).abs() < 1e-5 * reference32.0, "f32 loss");
+        assert!(max_diff(&fused32.1, &reference32.1) < 1e-4, "f32 d hidden");
+        assert!(max_diff(&fused32.2, &reference32.2) < 1e-4, "f32 d projection");
         // Rows weighted differently: the op must recompute its gradients with the row weights.
         let weights = Tensor::from_vec(randn(batch * len, 1.0), batch * len, &Device::Cpu).unwrap();
         let h2 = hidden.as_tensor().reshape((batch * len, d)).unwrap();

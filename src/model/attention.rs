@@ -293,55 +293,61 @@ mod tests {
     }
 
     /// The fused multi-head attention equals the reference path in value and in the gradients of its
-    /// inputs and of all four projections, in f64: self-attention with a padding mask, causal
-    /// self-attention and cross-attention to a longer memory, on batches large enough to spread over
-    /// several threads. The fused gradients repeat bit for bit.
+    /// inputs and of all four projections, to rounding in f64 and to f32 precision in f32 (where its
+    /// dot products run in 16 lanes and its softmax uses `exp_f32`): self-attention with a padding mask,
+    /// causal self-attention and cross-attention to a longer memory, on batches large enough to spread
+    /// over several threads, with d_k 20 (one 16-lane block and a remainder). The fused gradients repeat
+    /// bit for bit.
     #[test]
     fn fused_attention_equals_the_reference_in_value_and_gradient() {
         use crate::model::mask::{causal_mask, padding_mask};
         use candle_core::{DType, Var};
         let cfg = ModelConfig { d_model: 80, heads: 4, ..ModelConfig::default() };
-        let store = ParamStore::with_dtype(6, DType::F64, &Device::Cpu);
-        let mha = MultiHeadAttention::new(&cfg, store.var_builder().pp("attn")).unwrap();
-        let mut rng = Rng::seed(7);
-        let mut var =
-            |shape: &[usize]| Var::from_tensor(&random(&mut rng, shape).to_dtype(DType::F64).unwrap()).unwrap();
-        let (batch, q_len, k_len) = (13, 9, 14);
-        let x = var(&[batch, q_len, 80]);
-        let memory = var(&[batch, k_len, 80]);
-        let ids: Vec<u32> =
-            (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
-        let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
-        let x_ids: Vec<u32> =
-            (0..batch * q_len).map(|i| if i % q_len >= q_len - (i / q_len) % 3 { 0 } else { 5 }).collect();
-        let x_pad = padding_mask(&Tensor::from_vec(x_ids, (batch, q_len), &Device::Cpu).unwrap(), 0).unwrap();
-        let causal = causal_mask(q_len, &Device::Cpu).unwrap();
-        let probe = random(&mut rng, &[batch, q_len, 80]).to_dtype(DType::F64).unwrap();
-        let vars = store.vars();
-        for (name, memory, mask) in [
-            ("self, padding", x.as_tensor(), &x_pad),
-            ("self, causal", x.as_tensor(), &causal),
-            ("cross", memory.as_tensor(), &pad),
-        ] {
-            let run = || {
-                let out = mha.forward(x.as_tensor(), memory, Some(mask)).unwrap().output;
-                let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                let mut all = vec![out, grads.get(&x).unwrap().clone()];
-                if !std::ptr::eq(memory, x.as_tensor()) {
-                    all.push(grads.get(memory).unwrap().clone());
+        for (dtype, tolerance) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+            let store = ParamStore::with_dtype(6, dtype, &Device::Cpu);
+            let mha = MultiHeadAttention::new(&cfg, store.var_builder().pp("attn")).unwrap();
+            let mut rng = Rng::seed(7);
+            let mut var =
+                |shape: &[usize]| Var::from_tensor(&random(&mut rng, shape).to_dtype(dtype).unwrap()).unwrap();
+            let (batch, q_len, k_len) = (13, 9, 14);
+            let x = var(&[batch, q_len, 80]);
+            let memory = var(&[batch, k_len, 80]);
+            let ids: Vec<u32> =
+                (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
+            let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
+            let x_ids: Vec<u32> =
+                (0..batch * q_len).map(|i| if i % q_len >= q_len - (i / q_len) % 3 { 0 } else { 5 }).collect();
+            let x_pad = padding_mask(&Tensor::from_vec(x_ids, (batch, q_len), &Device::Cpu).unwrap(), 0).unwrap();
+            let causal = causal_mask(q_len, &Device::Cpu).unwrap();
+            let probe = random(&mut rng, &[batch, q_len, 80]).to_dtype(dtype).unwrap();
+            let vars = store.vars();
+            for (name, memory, mask) in [
+                ("self, padding", x.as_tensor(), &x_pad),
+                ("self, causal", x.as_tensor(), &causal),
+                ("cross", memory.as_tensor(), &pad),
+            ] {
+                let run = || {
+                    let out = mha.forward(x.as_tensor(), memory, Some(mask)).unwrap().output;
+                    let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut all = vec![out, grads.get(&x).unwrap().clone()];
+                    if !std::ptr::eq(memory, x.as_tensor()) {
+                        all.push(grads.get(memory).unwrap().clone());
+                    }
+                    all.extend(vars.iter().map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone()));
+                    all
+                };
+                let (fused, reference) = (run(), crate::ops::with_reference_path(run));
+                for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+                    let diff = diff.to_vec0::<f64>().unwrap();
+                    assert!(diff < tolerance, "{dtype:?}, {name}: tensor {i} differs by {diff}");
                 }
-                all.extend(vars.iter().map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone()));
-                all
-            };
-            let (fused, reference) = (run(), crate::ops::with_reference_path(run));
-            for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
-                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
-                assert!(diff < 1e-10, "{name}: tensor {i} differs by {diff}");
-            }
-            let again = run();
-            for (a, b) in fused.iter().zip(&again) {
-                let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
-                assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap(), "{name}: not deterministic");
+                let again = run();
+                for (a, b) in fused.iter().zip(&again) {
+                    let f64s =
+                        |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+                    assert_eq!(f64s(a), f64s(b), "{dtype:?}, {name}: not deterministic");
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 //! autograd nodes per attention, each with its zero-filled gradient buffer. This op reads each head's
 //! columns in place, works on the batch rows in parallel, and is one node.
 //! The backward pass recomputes P (it is small: q_len × k_len per head) instead of keeping it:
-//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)), dQ = dS K / √d_k, dK = dSᵀ Q / √d_k.
+//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)) / √d_k, dQ = dS K, dK = dSᵀ Q.
 //!
 //! The products are written by hand, as dot products and `y += αx` over one head's d_k contiguous
 //! elements, compiled for the CPU's widest vectors ([`simd!`](super::cpu::simd)): a general matrix product (the `gemm`

@@ -37,7 +37,7 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 /// log Σ exp of a row, with exp in the row's own precision and the sum in f64.
 fn log_sum_exp<T: Real>(row: &[T]) -> f64 {
     let max = T::max_of(row);
-    let sum: f64 = row.iter().map(|&v| (v - max).exp().to_f64()).sum();
+    let sum: f64 = row.iter().map(|&v| (v - max).exp_fast().to_f64()).sum();
     max.to_f64() + sum.ln()
 }
 
@@ -81,7 +81,7 @@ impl FusedSmoothedCrossEntropy {
                     let lse = T::from_f64(lse);
                     let (g_t, shift) = (T::from_f64(g), T::from_f64(g * uniform));
                     for (d, &x) in dr.iter_mut().zip(row) {
-                        *d = g_t * (x - lse).exp() - shift;
+                        *d = g_t * (x - lse).exp_fast() - shift;
                     }
                     let y = y as usize;
                     dr[y] = T::from_f64(dr[y].to_f64() - g * (1.0 - self.epsilon));

@@ -5,7 +5,9 @@
 //! The reference path ([`crate::model::init::Mode::residual_dropout`] with the switch off) multiplies by
 //! a mask tensor and adds, two autograd nodes with their zero-filled gradient buffers and a mask tensor
 //! converted to the input's dtype. This op takes the same mask, drawn from the run's RNG in the same
-//! order, so both paths give the same numbers: out = x + y·mask; ∂x = ∂out, ∂y = ∂out·mask.
+//! order, so both paths give the same numbers: out = x + y·mask; ∂x = ∂out, ∂y = ∂out·mask. (The
+//! hand-written training step, which splits batches into shards with RNGs of their own, draws the same
+//! masks as the model's forward pass only over whole batches: [`crate::ops::with_whole_batches`].)
 
 use super::cpu::{contiguous_slice, simd};
 use candle_core::backend::BackendStorage;

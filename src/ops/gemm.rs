@@ -35,10 +35,28 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+thread_local! {
+    static ONE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every product [`threads_for`] sizes on one thread (on this thread): for work that already
+/// runs side by side with other work, such as a shard of the training step.
+pub fn with_one_thread_products<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ONE_THREAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ONE_THREAD.with(|c| c.replace(true)));
+    f()
+}
+
 /// Threads for one product: both cores for a large one, one for a small one (where spreading the work
-/// costs more than it saves) or when the caller already runs products in parallel.
+/// costs more than it saves) or when the caller already runs products in parallel
+/// ([`with_one_thread_products`]).
 pub fn threads_for(m: usize, n: usize, k: usize) -> usize {
-    if m * n * k < 48 * 48 * 48 {
+    if m * n * k < 48 * 48 * 48 || ONE_THREAD.with(|c| c.get()) {
         1
     } else {
         candle_core::utils::get_num_threads()

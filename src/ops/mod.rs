@@ -33,6 +33,7 @@ use std::cell::Cell;
 thread_local! {
     static REFERENCE: Cell<bool> = const { Cell::new(false) };
     static AUTOGRAD_STEP: Cell<bool> = const { Cell::new(false) };
+    static WHOLE_BATCHES: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether the fused op should handle `x`: a CPU tensor in f32 or f64, and the reference path not asked
@@ -57,6 +58,18 @@ pub fn with_reference_path<R>(f: impl FnOnce() -> R) -> R {
 /// still on) instead of [`step`], on this thread, then restores the previous choice.
 pub fn with_autograd_step<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&AUTOGRAD_STEP, f)
+}
+
+/// Runs `f` with the hand-written step taking each batch whole instead of in shards ([`step`]), on this
+/// thread, then restores the previous choice: the tests that compare the step with autograd need it,
+/// because shards draw their own dropout masks.
+pub fn with_whole_batches<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&WHOLE_BATCHES, f)
+}
+
+/// Whether the hand-written step may split batches into shards (see [`with_whole_batches`]).
+pub fn sharded_step() -> bool {
+    !WHOLE_BATCHES.with(Cell::get)
 }
 
 fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {

@@ -13,7 +13,17 @@
 //! loss and `Tensor::backward`, which [`crate::train::gradients::accumulate`] takes wherever this step does
 //! not apply (another device, another dtype, the reference path asked for). Dropout masks come from the
 //! run's RNG in the same order as that forward pass draws them, so both paths drop the same elements and a
-//! test compares their gradients, with dropout on, in f64.
+//! test compares their gradients, with dropout on, in f64 ([`crate::ops::with_whole_batches`]).
+//!
+//! Each batch runs as two shards of half its sentences, side by side (`rayon::join`), each adding into its
+//! own gradient buffers, which are added together at the end of the update. On a 2-core machine this is
+//! data parallelism inside the step: each core runs a whole forward and backward pass, and the thread
+//! pool's work stealing balances the two, instead of both cores meeting at every kernel (a join, and a
+//! sleep and a wake of the other thread, for each of several hundred parallel loops per update). A shard
+//! draws its dropout masks from its own RNG, seeded from the run's, so results stay deterministic and do
+//! not depend on the number of threads; the gradients equal the whole batch's up to rounding (tested).
+//! Inside a shard, matrix products run on one thread ([`crate::ops::gemm::with_one_thread_products`]):
+//! gemm split in two would pack its first operand once per half, on the same core.
 
 mod index;
 mod stacks;
@@ -24,12 +34,16 @@ mod tests;
 use crate::data::batch::Batch;
 use crate::model::Transformer;
 use crate::ops::cpu::{contiguous_slice, Real};
+use crate::ops::gemm::with_one_thread_products as one_thread;
 use crate::rng::Rng;
 use crate::train::gradients::UpdateGradients;
 use candle_core::{DType, Device, Result, Storage, Tensor, Var, WithDType};
 use index::ModelIndex;
 use rayon::prelude::*;
 use stacks::{BatchIds, Sums};
+
+/// Shards a batch runs in (see the module's documentation).
+const SHARDS: usize = 2;
 
 /// Forward and backward over `batches` by hand: the gradients (one per parameter, divided by the update's
 /// target-token count) and the loss statistics. None where this step does not apply: the reference
@@ -56,7 +70,8 @@ pub fn accumulate(
     let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
     let Some(index) = ModelIndex::find(model.config(), &names) else { return Ok(None) };
     let tensors: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().contiguous()).collect::<Result<_>>()?;
-    let step = Step { model, index: &index, batches, pad, label_smoothing };
+    let sharded = super::sharded_step();
+    let step = Step { model, index: &index, batches, pad, label_smoothing, sharded };
     // The whole step runs on a worker of the thread pool: its parallel loops then split work between the
     // pool's own threads, instead of each one handing work from this thread to the pool and waking it.
     rayon::scope(|_| match dtype {
@@ -73,6 +88,8 @@ struct Step<'a> {
     batches: &'a [Batch],
     pad: u32,
     label_smoothing: f64,
+    /// Run each batch as [`SHARDS`] shards.
+    sharded: bool,
 }
 
 impl Step<'_> {
@@ -96,16 +113,35 @@ impl Step<'_> {
         let ix = self.index;
         let rows = |i: usize| params[i].len() / cfg.d_model.max(1);
         let vocab = rows(ix.src_embedding).min(rows(ix.tgt_embedding)).min(rows(ix.generator));
-        let mut grads: Vec<Vec<T>> = params.iter().map(|p| vec![T::zero(); p.len()]).collect();
+        let zeros = || -> Vec<Vec<T>> { params.iter().map(|p| vec![T::zero(); p.len()]).collect() };
+        let mut grads = zeros();
+        // The second shard's gradients, added into `grads` at the end.
+        let mut second: Option<Vec<Vec<T>>> = None;
         let (mut sums, mut src_tokens) = (Sums::default(), 0);
+        let loss = (self.pad, self.label_smoothing);
         for batch in self.batches {
             let ids = self.ids(batch, vocab)?;
             let pe = self.positions::<T>(ids.src_len.max(ids.tgt_len))?;
-            let s = ctx.batch(&mut grads, ix, &ids, &pe, cfg.heads, (self.pad, self.label_smoothing), rng)?;
-            sums.loss_sum += s.loss_sum;
-            sums.nll_sum += s.nll_sum;
-            sums.tokens += s.tokens;
+            if self.sharded && ids.batch >= SHARDS {
+                let half = ids.batch.div_ceil(SHARDS);
+                let (a, b) = (ids.rows(0..half), ids.rows(half..ids.batch));
+                let (mut rng_a, mut rng_b) = (Rng::seed(rng.next_u64()), Rng::seed(rng.next_u64()));
+                let grads_b = second.get_or_insert_with(&zeros);
+                let (sa, sb) = rayon::join(
+                    || one_thread(|| ctx.batch(&mut grads, ix, &a, &pe, cfg.heads, loss, &mut rng_a)),
+                    || one_thread(|| ctx.batch(grads_b, ix, &b, &pe, cfg.heads, loss, &mut rng_b)),
+                );
+                sums += sa?;
+                sums += sb?;
+            } else {
+                sums += ctx.batch(&mut grads, ix, &ids, &pe, cfg.heads, loss, rng)?;
+            }
             src_tokens += batch.src_tokens;
+        }
+        if let Some(second) = second {
+            for (g, s) in grads.iter_mut().zip(&second) {
+                sublayer::add_into(g, s);
+            }
         }
         drop(guards);
         let scale = T::from_f64(1.0 / sums.tokens.max(1) as f64);

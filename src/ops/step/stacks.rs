@@ -27,12 +27,36 @@ pub(super) struct BatchIds {
     pub src_mask: Vec<f64>,
 }
 
+impl BatchIds {
+    /// Sentences `rows` of the batch, padded to the batch's lengths.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let (s, t) = (self.src_len, self.tgt_len);
+        Self {
+            batch: rows.len(),
+            src_len: s,
+            tgt_len: t,
+            src: self.src[rows.start * s..rows.end * s].to_vec(),
+            tgt_in: self.tgt_in[rows.start * t..rows.end * t].to_vec(),
+            tgt_out: self.tgt_out[rows.start * t..rows.end * t].to_vec(),
+            src_mask: self.src_mask[rows.start * s..rows.end * s].to_vec(),
+        }
+    }
+}
+
 /// The loss statistics of one batch.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Sums {
     pub loss_sum: f64,
     pub nll_sum: f64,
     pub tokens: usize,
+}
+
+impl std::ops::AddAssign for Sums {
+    fn add_assign(&mut self, other: Self) {
+        self.loss_sum += other.loss_sum;
+        self.nll_sum += other.nll_sum;
+        self.tokens += other.tokens;
+    }
 }
 
 /// The three attentions' operators of one batch: their masks are built once and shared by the layers.

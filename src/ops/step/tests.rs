@@ -99,29 +99,48 @@ fn compare(params: &[(String, Var)], fast: &UpdateGradients, reference: &UpdateG
 }
 
 /// Value and every parameter's gradient equal the autograd reference in f64, with dropout on (both
-/// paths draw the same masks), for post-norm and pre-norm, tied and untied embeddings.
+/// paths draw the same masks: whole batches), for post-norm and pre-norm, tied and untied embeddings.
 #[test]
 fn equals_the_autograd_reference_in_f64() {
     for (norm, tied) in [(Norm::Post, true), (Norm::Pre, true), (Norm::Post, false), (Norm::Pre, false)] {
         let cfg = config(norm, tied);
-        let (params, fast) = update(&cfg, DType::F64);
+        let (params, fast) = crate::ops::with_whole_batches(|| update(&cfg, DType::F64));
         let (_, reference) = crate::ops::with_reference_path(|| update(&cfg, DType::F64));
         compare(&params, &fast, &reference, 1e-9, &format!("{norm:?}, tied {tied}"));
     }
 }
 
 /// In f32, the precision training uses, the step equals the autograd path with the fused ops to
-/// rounding, and gives the same gradients bit for bit on a second run (exact resume depends on it).
+/// rounding, and gives the same gradients bit for bit on a second run (exact resume depends on it), in
+/// shards too.
 #[test]
 fn equals_autograd_in_f32_and_is_deterministic() {
     let cfg = config(Norm::Post, true);
-    let (params, a) = update(&cfg, DType::F32);
+    let (params, whole) = crate::ops::with_whole_batches(|| update(&cfg, DType::F32));
+    let (_, autograd) = crate::ops::with_autograd_step(|| update(&cfg, DType::F32));
+    compare(&params, &whole, &autograd, 1e-4, "f32");
+    let (_, a) = update(&cfg, DType::F32);
     let (_, b) = update(&cfg, DType::F32);
     for (x, y) in a.grads.iter().zip(&b.grads) {
         assert_eq!(values(x.as_ref().unwrap()), values(y.as_ref().unwrap()));
     }
-    let (_, autograd) = crate::ops::with_autograd_step(|| update(&cfg, DType::F32));
-    compare(&params, &a, &autograd, 1e-4, "f32");
+}
+
+/// Two shards of half a batch each give the whole batch's loss and gradients up to rounding when nothing
+/// is dropped (in f64, post- and pre-norm), and with dropout on they draw masks of their own (so the
+/// sharded path did run).
+#[test]
+fn shards_equal_whole_batches() {
+    for norm in [Norm::Post, Norm::Pre] {
+        let cfg = ModelConfig { dropout: 0.0, ..config(norm, true) };
+        let (params, sharded) = update(&cfg, DType::F64);
+        let (_, whole) = crate::ops::with_whole_batches(|| update(&cfg, DType::F64));
+        compare(&params, &sharded, &whole, 1e-9, &format!("{norm:?}, shards"));
+    }
+    let cfg = config(Norm::Post, true);
+    let (_, sharded) = update(&cfg, DType::F64);
+    let (_, whole) = crate::ops::with_whole_batches(|| update(&cfg, DType::F64));
+    assert_ne!(sharded.loss_sum, whole.loss_sum);
 }
 
 /// It steps aside for parameters that are not exactly the model's, and for an empty update.
