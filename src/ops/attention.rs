@@ -129,7 +129,8 @@ impl FusedAttention {
         let (q_size, k_size) = (q_len * d_model, k_len * d_model);
         let mut out = vec![T::zero(); dims.batch * q_size];
         out.par_chunks_mut(q_size).enumerate().for_each(|(b, out_b)| {
-            let (qb, kb, vb) = (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..]);
+            let (qb, kb, vb) =
+                (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let mut p = vec![T::zero(); q_len * k_len];
             simd!(|| {
                 for h in 0..self.heads {

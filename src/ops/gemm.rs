@@ -42,14 +42,7 @@ thread_local! {
 /// Runs `f` with every product [`threads_for`] sizes on one thread (on this thread): for work that already
 /// runs side by side with other work, such as a shard of the training step.
 pub fn with_one_thread_products<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            ONE_THREAD.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(ONE_THREAD.with(|c| c.replace(true)));
-    f()
+    super::with_flag(&ONE_THREAD, f)
 }
 
 /// Threads for one product: both cores for a large one, one for a small one (where spreading the work

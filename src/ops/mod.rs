@@ -72,7 +72,8 @@ pub fn sharded_step() -> bool {
     !WHOLE_BATCHES.with(Cell::get)
 }
 
-fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+/// Runs `f` with the thread-local `flag` set, then restores its previous value, also when `f` panics.
+pub(crate) fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
     struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
