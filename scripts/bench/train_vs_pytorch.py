@@ -79,7 +79,10 @@ full square although causal) and cross-attention (T x S). The embedding lookups 
 the issue's formula; note that it puts the decoder's cross-attention W_K and W_V (2 * d_model^2 + 2 *
 d_model per layer) on target positions, though they run on the S source positions; with S ~ T the
 difference is small. The share of the peak = (sum of FLOPs) / (sum of update times) / peak, over the updates
-after --warmup.
+after --warmup. nmt's training step leaves the target's padding positions out of the decoder's linear maps
+and the output projection (PyTorch computes them and ignores their loss): the script also prints the share
+of padding among target positions, and nmt's share of the peak with the decoder's parameters and the output
+projection counted on real target tokens only (about the FLOPs nmt runs).
 
 Sanity checks printed: the PyTorch model's parameter count against `nmt info --config CFG --vocab V`
 (total and per component), and the first update's loss of each side against ln(V).
@@ -156,13 +159,16 @@ def update_shapes(dump, update):
     return out
 
 
-def update_flops(model_cfg, counts, shapes):
+def update_flops(model_cfg, counts, shapes, real_targets=False):
+    """The formula's FLOPs; with real_targets, the decoder's parameters and the output projection on real
+    target tokens only (the attention products stay on padded shapes)."""
     d = model_cfg["d_model"]
     ne, nd = model_cfg["encoder_layers"], model_cfg["decoder_layers"]
     out_proj = model_cfg["vocab_size"] * d
     total = 0
-    for B, S, T, _, _ in shapes:
-        total += 6 * (counts["encoder"] * B * S + counts["decoder"] * B * T + out_proj * B * T)
+    for B, S, T, _, tgt_tokens in shapes:
+        targets = tgt_tokens if real_targets else B * T
+        total += 6 * (counts["encoder"] * B * S + (counts["decoder"] + out_proj) * targets)
         total += 12 * d * B * (ne * S * S + nd * (T * T + T * S))
     return total
 
@@ -679,6 +685,13 @@ def main():
     upd = dump["updates"][args.warmup : args.steps]
     mean_flops = statistics.mean(update_flops(run_config["model"], counts, update_shapes(dump, u)) for u in upd)
     print(f"model FLOPs per update (mean over the timed updates): {mean_flops / 1e9:.1f} GFLOP")
+    shapes = [s for u in upd for s in update_shapes(dump, u)]
+    pad_share = 1 - sum(s[4] for s in shapes) / sum(s[0] * s[2] for s in shapes)
+    executed = statistics.mean(
+        update_flops(run_config["model"], counts, update_shapes(dump, u), real_targets=True) for u in upd)
+    print(f"target positions that are padding: {100 * pad_share:.1f}% (counted by the formula; nmt's step "
+          f"leaves them out of the decoder's linear maps and the output projection, "
+          f"{100 * (1 - executed / mean_flops):.1f}% of the FLOPs)")
     report["params"] = {"nmt": counts, "torch": tc, "equal": same}
     report["first_loss"] = dict(first_loss, ln_v=math.log(V))
 
@@ -698,6 +711,9 @@ def main():
         share = f"{100 * x['peak_share']:.1f}" if x["peak_share"] is not None else "-"
         print(f"{side:<12} {x['tok_s']:>10.0f} {x['ms']:>10.0f} {x['gflop_s']:>8.1f} {share:>7} "
               f"{x['rss'] / 2**20:>7.0f} MiB")
+    if med["nmt"]["peak_share"] is not None:
+        print(f"nmt % of peak with the decoder and the output projection counted on real target tokens only "
+              f"(about the FLOPs its step runs): {100 * med['nmt']['peak_share'] * executed / mean_flops:.1f}")
     ratio = med["nmt"]["tok_s"] / med["PyTorch"]["tok_s"]
     mem = med["nmt"]["rss"] / med["PyTorch"]["rss"]
     print(f"\nnmt / PyTorch: {ratio:.2f}x target tokens/s, {mem:.2f}x peak RSS "

@@ -294,24 +294,28 @@ mod tests {
 
     /// The fused multi-head attention equals the reference path in value and in the gradients of its
     /// inputs and of all four projections, to rounding in f64 and to f32 precision in f32 (where its
-    /// dot products run in 16 lanes and its softmax uses `exp_f32`): self-attention with a padding mask,
-    /// causal self-attention and cross-attention to a longer memory, on batches large enough to spread
-    /// over several threads, with d_k 20 (one 16-lane block and a remainder). The fused gradients repeat
-    /// bit for bit.
+    /// scores run in blocks of 16 keys over 4 partial sums and its softmax uses `exp_f32`):
+    /// self-attention with a padding mask, causal self-attention and cross-attention to a longer memory,
+    /// on batches large enough to spread over several threads, with d_k 20 and keys within one block of
+    /// 16, then d_k 21 (a term outside the partial sums' groups of 4) and 23 or 37 keys (a second and a
+    /// third block, partly padding). The fused gradients repeat bit for bit.
     #[test]
     fn fused_attention_equals_the_reference_in_value_and_gradient() {
         use crate::model::mask::{causal_mask, padding_mask};
         use candle_core::{DType, Var};
-        let cfg = ModelConfig { d_model: 80, heads: 4, ..ModelConfig::default() };
-        for (dtype, tolerance) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+        let shapes = [(80, 13, 9, 14), (84, 3, 23, 37)]; // (d_model, batch, q_len, k_len), 4 heads
+        let cases = [(DType::F64, 1e-10), (DType::F32, 1e-4)];
+        for ((d_model, batch, q_len, k_len), (dtype, tolerance)) in
+            shapes.into_iter().flat_map(|s| cases.map(|c| (s, c)))
+        {
+            let cfg = ModelConfig { d_model, heads: 4, ..ModelConfig::default() };
             let store = ParamStore::with_dtype(6, dtype, &Device::Cpu);
             let mha = MultiHeadAttention::new(&cfg, store.var_builder().pp("attn")).unwrap();
             let mut rng = Rng::seed(7);
             let mut var =
                 |shape: &[usize]| Var::from_tensor(&random(&mut rng, shape).to_dtype(dtype).unwrap()).unwrap();
-            let (batch, q_len, k_len) = (13, 9, 14);
-            let x = var(&[batch, q_len, 80]);
-            let memory = var(&[batch, k_len, 80]);
+            let x = var(&[batch, q_len, d_model]);
+            let memory = var(&[batch, k_len, d_model]);
             let ids: Vec<u32> =
                 (0..batch * k_len).map(|i| if i % k_len >= k_len - (i / k_len) % 4 { 0 } else { 5 }).collect();
             let pad = padding_mask(&Tensor::from_vec(ids, (batch, k_len), &Device::Cpu).unwrap(), 0).unwrap();
@@ -319,7 +323,7 @@ mod tests {
                 (0..batch * q_len).map(|i| if i % q_len >= q_len - (i / q_len) % 3 { 0 } else { 5 }).collect();
             let x_pad = padding_mask(&Tensor::from_vec(x_ids, (batch, q_len), &Device::Cpu).unwrap(), 0).unwrap();
             let causal = causal_mask(q_len, &Device::Cpu).unwrap();
-            let probe = random(&mut rng, &[batch, q_len, 80]).to_dtype(dtype).unwrap();
+            let probe = random(&mut rng, &[batch, q_len, d_model]).to_dtype(dtype).unwrap();
             let vars = store.vars();
             for (name, memory, mask) in [
                 ("self, padding", x.as_tensor(), &x_pad),

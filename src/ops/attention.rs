@@ -10,15 +10,16 @@
 //! The backward pass recomputes P (it is small: q_len × k_len per head) instead of keeping it:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)) / √d_k, dQ = dS K, dK = dSᵀ Q.
 //!
-//! The products are written by hand, as dot products and `y += αx` over one head's d_k contiguous
-//! elements, compiled for the CPU's widest vectors ([`simd!`](super::cpu::simd)): a general matrix product (the `gemm`
-//! crate, which the first version called per (batch row, head)) packs its operands and dispatches per
-//! call, which costs more than the arithmetic at these sizes (about 25 × 25 × 64 for Multi30k), and
-//! left the attention at 16% of a training step for 2% of its FLOPs (docs/PERFORMANCE.md).
+//! The products are written by hand, compiled for the CPU's widest vectors
+//! ([`simd!`](super::cpu::simd)), all as `y += αx`: the scores (and ∂P) over the keys of a transposed
+//! copy of the head's K (and V), the rest over one head's d_k contiguous elements. A general matrix
+//! product (the `gemm` crate, which the first version called per (batch row, head)) packs its operands
+//! and dispatches per call, which costs more than the arithmetic at these sizes (about 25 × 25 × 64 for
+//! Multi30k), and left the attention at 16% of a training step for 2% of its FLOPs (docs/PERFORMANCE.md).
 //! No weights are returned: callers that need them (pictures, `nmt explain`, incremental decoding) take
 //! the reference path.
 
-use super::cpu::{contiguous_slice, simd, tensors3, with_float_slices, FloatSlices, Real};
+use super::cpu::{contiguous_slice, lane_sum, lane_sum2, simd, tensors3, with_float_slices, FloatSlices, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -57,32 +58,65 @@ fn head_row_mut<T>(x: &mut [T], i: usize, h: usize, dims: Dims) -> &mut [T] {
     &mut x[start..start + dims.d_k]
 }
 
-/// Partial sums of a dot product: one 512-bit register of f32, so that the products vectorise.
-const DOT_LANES: usize = 16;
+/// The key count of the transposed heads is rounded up to a multiple of this (one 512-bit register of
+/// f32), so that the loops over keys have no remainder.
+const KEY_BLOCK: usize = 16;
 
-/// a · b, over `DOT_LANES` partial sums combined in a fixed order (the same result on every run).
+/// Partial sums the scores keep apart over the d_k terms, so that the updates of one element do not wait
+/// on one another (a vector add's latency is about four of its issue slots). [`dots`] uses exactly four.
+const SCORE_PARTS: usize = 4;
+const _: () = assert!(SCORE_PARTS == 4, "dots combines exactly four partial sums");
+
+/// The (k_len, d_k) columns of head `h` in a (k_len, d_model) row-major block, transposed into `out`: d_k
+/// rows of `k_pad` elements. Columns k_len.. are not written (the caller keeps them at zero).
 #[inline(always)]
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); DOT_LANES];
-    let (whole_a, whole_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    let mut sum = T::zero();
-    for (&x, &y) in whole_a.remainder().iter().zip(whole_b.remainder()) {
-        sum += x * y;
-    }
-    for (x, y) in whole_a.zip(whole_b) {
-        for lane in 0..DOT_LANES {
-            acc[lane] += x[lane] * y[lane];
+fn transpose_head<T: Copy>(x: &[T], h: usize, dims: Dims, out: &mut [T], k_pad: usize) {
+    for j in 0..dims.k_len {
+        for (c, &v) in head_row(x, j, h, dims).iter().enumerate() {
+            out[c * k_pad + j] = v;
         }
     }
-    let mut width = DOT_LANES;
-    while width > 1 {
-        width /= 2;
-        for lane in 0..width {
-            let upper = acc[lane + width];
-            acc[lane] += upper;
+}
+
+/// out_j = a · X_j for every key j of a head transposed by [`transpose_head`] (`xt`: d_k rows of
+/// `k_pad`; `out`: k_pad elements), as y += a_c · row c of `xt` over c: element-wise loops over the keys
+/// that vectorise whatever the key count, with no horizontal sum per key. (A dot product per key over 16
+/// partial sums, the first version, was compiled by LLVM's SLP vectoriser into eight 2-lane multiplies
+/// and adds: the attention took 10% of a training step for under 2% of its FLOPs. Blocks of 16 keys kept
+/// in registers were scalar once inlined into the kernel.) The terms go into [`SCORE_PARTS`] partial sums
+/// (rows of `parts`, SCORE_PARTS · k_pad elements), so that consecutive updates of an element do not wait
+/// on one another, combined in a fixed order: the same result on every run.
+#[inline(always)]
+fn dots<T: Real>(a: &[T], xt: &[T], k_pad: usize, parts: &mut [T], out: &mut [T]) {
+    parts.fill(T::zero());
+    let (p0, rest) = parts.split_at_mut(k_pad);
+    let (p1, rest) = rest.split_at_mut(k_pad);
+    let (p2, p3) = rest.split_at_mut(k_pad);
+    let (quads, rest_a) = a.as_chunks::<SCORE_PARTS>();
+    let mut rows = xt.chunks_exact(k_pad);
+    for a_c in quads {
+        for (p, &a_c) in [&mut *p0, &mut *p1, &mut *p2, &mut *p3].into_iter().zip(a_c) {
+            axpy(a_c, rows.next().unwrap_or_default(), p);
         }
     }
-    acc[0] + sum
+    for &a_c in rest_a {
+        axpy(a_c, rows.next().unwrap_or_default(), p0);
+    }
+    for (((o, &x0), &x1), (&x2, &x3)) in out.iter_mut().zip(&*p0).zip(&*p1).zip(p2.iter().zip(&*p3)) {
+        *o = (x0 + x1) + (x2 + x3);
+    }
+}
+
+/// softmax of one row in place: exp(x - max) (a loop that vectorises), then one scale by 1/Σ, the sum
+/// in f64 over lanes in a fixed order.
+#[inline(always)]
+fn softmax_row<T: Real>(row: &mut [T]) {
+    let max = T::max_of(row);
+    for x in row.iter_mut() {
+        *x = (*x - max).exp_fast();
+    }
+    let inv = T::from_f64(1.0 / lane_sum(row, |x| x.to_f64()));
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// y += α x.
@@ -94,47 +128,59 @@ fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
 }
 
 impl FusedAttention {
-    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len); `q` and
-    /// `k` are batch row `b`'s (q_len, d_model) and (k_len, d_model) blocks.
+    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len); `q` is
+    /// batch row `b`'s (q_len, d_model) block, `kt` its head `h` of K transposed ([`transpose_head`]),
+    /// `scratch` (SCORE_PARTS + 1) · k_pad elements for [`dots`].
     #[inline(always)]
-    fn probabilities<T: Real>(&self, q: &[T], k: &[T], b: usize, h: usize, dims: Dims, p: &mut [T]) {
+    #[allow(clippy::too_many_arguments)]
+    fn probabilities<T: Real>(
+        &self,
+        q: &[T],
+        kt: &[T],
+        b: usize,
+        h: usize,
+        dims: Dims,
+        p: &mut [T],
+        scratch: &mut [T],
+    ) {
         let Dims { q_len, k_len, .. } = dims;
         let scale = T::from_f64(1.0 / (dims.d_k as f64).sqrt());
         let mask = self.mask.as_deref().map(|m| &m[b * q_len * k_len..(b + 1) * q_len * k_len]);
+        let k_pad = scratch.len() / (SCORE_PARTS + 1);
+        let (scores, parts) = scratch.split_at_mut(k_pad);
         for (i, row) in p.chunks_mut(k_len).enumerate() {
-            let q_i = head_row(q, i, h, dims);
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = dot(q_i, head_row(k, j, h, dims)) * scale;
-            }
-            if let Some(m) = mask {
-                for (x, &m) in row.iter_mut().zip(&m[i * k_len..(i + 1) * k_len]) {
-                    *x = T::from_f64(x.to_f64() + m);
+            dots(head_row(q, i, h, dims), kt, k_pad, parts, scores);
+            match mask {
+                Some(m) => {
+                    for ((x, &s), &m) in row.iter_mut().zip(&*scores).zip(&m[i * k_len..(i + 1) * k_len]) {
+                        *x = T::from_f64((s * scale).to_f64() + m);
+                    }
+                }
+                None => {
+                    for (x, &s) in row.iter_mut().zip(&*scores) {
+                        *x = s * scale;
+                    }
                 }
             }
-            let max = T::max_of(row);
-            let mut sum = 0f64;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp_fast();
-                sum += x.to_f64();
-            }
-            let inv = T::from_f64(1.0 / sum);
-            row.iter_mut().for_each(|x| *x *= inv);
+            softmax_row(row);
         }
     }
 
     /// Concat(head_1, …, head_h), (batch, q_len, d_model), from Q (batch, q_len, d_model) and K, V
     /// (batch, k_len, d_model).
     pub(crate) fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
-        let Dims { q_len, k_len, d_model, .. } = dims;
-        let (q_size, k_size) = (q_len * d_model, k_len * d_model);
+        let Dims { q_len, k_len, d_model, d_k, .. } = dims;
+        let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
         let mut out = vec![T::zero(); dims.batch * q_size];
         out.par_chunks_mut(q_size).enumerate().for_each(|(b, out_b)| {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let mut p = vec![T::zero(); q_len * k_len];
+            let (mut kt, mut scratch) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); (SCORE_PARTS + 1) * k_pad]);
             simd!(|| {
                 for h in 0..self.heads {
-                    self.probabilities(qb, kb, b, h, dims, &mut p);
+                    transpose_head(kb, h, dims, &mut kt, k_pad);
+                    self.probabilities(qb, &kt, b, h, dims, &mut p, &mut scratch);
                     // head_i = P V_h, row by row: out_i = Σ_j P_ij V_j
                     for (i, p_i) in p.chunks(k_len).enumerate() {
                         let out_i = head_row_mut(out_b, i, h, dims);
@@ -159,7 +205,7 @@ impl FusedAttention {
         dims: Dims,
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let Dims { q_len, k_len, d_model, d_k, .. } = dims;
-        let (q_size, k_size) = (q_len * d_model, k_len * d_model);
+        let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
         let mut dq = vec![T::zero(); q.len()];
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
@@ -169,23 +215,25 @@ impl FusedAttention {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let dob = &d_out[b * q_size..(b + 1) * q_size];
-            let (mut p, mut dp) = (vec![T::zero(); q_len * k_len], vec![T::zero(); k_len]);
+            let (mut p, mut dp) = (vec![T::zero(); q_len * k_len], vec![T::zero(); k_pad]);
+            let (mut kt, mut vt) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); d_k * k_pad]);
+            let mut scratch = vec![T::zero(); (SCORE_PARTS + 1) * k_pad];
             simd!(|| {
                 for h in 0..self.heads {
-                    self.probabilities(qb, kb, b, h, dims, &mut p);
+                    transpose_head(kb, h, dims, &mut kt, k_pad);
+                    transpose_head(vb, h, dims, &mut vt, k_pad);
+                    self.probabilities(qb, &kt, b, h, dims, &mut p, &mut scratch);
                     for (i, p_i) in p.chunks(k_len).enumerate() {
                         let (q_i, do_i) = (head_row(qb, i, h, dims), head_row(dob, i, h, dims));
-                        // ∂V_j += P_ij ∂O_i and ∂P_ij = ∂O_i · V_j
-                        let mut row_dot = 0f64;
-                        for (j, (&p_ij, dp_ij)) in p_i.iter().zip(dp.iter_mut()).enumerate() {
+                        // ∂P_ij = ∂O_i · V_j; ∂V_j += P_ij ∂O_i
+                        dots(do_i, &vt, k_pad, &mut scratch[k_pad..], &mut dp);
+                        for (j, &p_ij) in p_i.iter().enumerate() {
                             axpy(p_ij, do_i, head_row_mut(dv_b, j, h, dims));
-                            *dp_ij = dot(do_i, head_row(vb, j, h, dims));
-                            row_dot += (p_ij * *dp_ij).to_f64();
                         }
                         // ∂S_ij = P_ij (∂P_ij - Σ_j' P_ij' ∂P_ij') / √d_k; ∂Q_i += ∂S_ij K_j; ∂K_j += ∂S_ij Q_i
-                        let row_dot = T::from_f64(row_dot);
+                        let row_dot = T::from_f64(lane_sum2(p_i, &dp, |p, d| (p * d).to_f64()));
                         let dq_i = head_row_mut(dq_b, i, h, dims);
-                        for (j, (&p_ij, &dp_ij)) in p_i.iter().zip(dp.iter()).enumerate() {
+                        for (j, (&p_ij, &dp_ij)) in p_i.iter().zip(&dp).enumerate() {
                             let ds_ij = p_ij * (dp_ij - row_dot) * scale;
                             axpy(ds_ij, head_row(kb, j, h, dims), dq_i);
                             axpy(ds_ij, q_i, head_row_mut(dk_b, j, h, dims));

@@ -80,21 +80,47 @@ pub(crate) use simd;
 /// Partial sums a reduction keeps apart.
 const LANES: usize = 8;
 
-/// Σ f(i) for i in 0..n, in f64, over `LANES` partial sums combined in a fixed order: a row sum that
-/// adds into one accumulator waits a full add latency per element, this one pipelines (and vectorises
-/// where `f` allows), and gives the same result on every run.
+/// Σ f(x) over the elements of `xs`, in f64, over `LANES` partial sums combined in a fixed order: a row
+/// sum that adds into one accumulator waits a full add latency per element, this one pipelines and
+/// vectorises, and gives the same result on every run. (It takes slices, not indices: with an index
+/// closure, the bounds checks kept the loop scalar.)
 #[inline(always)]
-pub fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+pub fn lane_sum<A: Copy>(xs: &[A], f: impl Fn(A) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
-    let full = n / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
-        for (lane, a) in acc.iter_mut().enumerate() {
-            *a += f(base + lane);
+    let (chunks, rest) = xs.as_chunks::<LANES>();
+    for c in chunks {
+        for lane in 0..LANES {
+            acc[lane] += f(c[lane]);
         }
     }
-    for (a, i) in acc.iter_mut().zip(full..n) {
-        *a += f(i);
+    for (acc, &x) in acc.iter_mut().zip(rest) {
+        *acc += f(x);
     }
+    combine_lanes(acc)
+}
+
+/// [`lane_sum`] of f(a_i, b_i) over the common length of two slices.
+#[inline(always)]
+pub fn lane_sum2<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> f64) -> f64 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f64; LANES];
+    let ((a_chunks, a_rest), (b_chunks, b_rest)) = (a[..n].as_chunks::<LANES>(), b[..n].as_chunks::<LANES>());
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += f(x[lane], y[lane]);
+        }
+    }
+    for ((acc, &x), &y) in acc.iter_mut().zip(a_rest).zip(b_rest) {
+        *acc += f(x, y);
+    }
+    combine_lanes(acc)
+}
+
+/// The lanes' total, lane 0 first. `black_box` keeps the partial sums in memory for this one sum: without
+/// it, LLVM's SLP vectoriser shaped the whole loop after this horizontal sum and left it scalar.
+#[inline(always)]
+fn combine_lanes(mut acc: [f64; LANES]) -> f64 {
+    std::hint::black_box(&mut acc);
     acc.iter().sum()
 }
 
@@ -187,7 +213,7 @@ pub fn sum_of_squares(t: &candle_core::Tensor) -> Result<f64> {
     const CHUNK: usize = 1 << 15;
     fn sum<T: WithDType>(xs: &[T]) -> f64 {
         use rayon::prelude::*;
-        let parts: Vec<f64> = xs.par_chunks(CHUNK).map(|c| lane_sum(c.len(), |i| c[i].to_f64().powi(2))).collect();
+        let parts: Vec<f64> = xs.par_chunks(CHUNK).map(|c| simd!(|| lane_sum(c, |x| x.to_f64().powi(2)))).collect();
         parts.iter().sum()
     }
     with_float_slices("sum of squares", &[t], |data| match data {

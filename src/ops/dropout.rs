@@ -42,6 +42,24 @@ pub(crate) fn add_masked<T: WithDType>(a: &[T], b: &[T], mask: &[f32]) -> Vec<T>
     out
 }
 
+/// x·mask, element by element: the gradient through dropout.
+pub(crate) fn mul_masked<T: WithDType>(x: &[T], mask: &[f32]) -> Vec<T> {
+    let mut out = x.to_vec();
+    mul_masked_in_place(&mut out, mask);
+    out
+}
+
+/// x ← x·mask, element by element.
+pub(crate) fn mul_masked_in_place<T: WithDType>(x: &mut [T], mask: &[f32]) {
+    x.par_chunks_mut(ELEMENTS_PER_TASK).zip(mask.par_chunks(ELEMENTS_PER_TASK)).for_each(|(xs, m)| {
+        simd!(|| {
+            for (x, &m) in xs.iter_mut().zip(m) {
+                *x *= T::from_f64(m as f64);
+            }
+        })
+    });
+}
+
 impl CustomOp2 for FusedResidualDropout {
     fn name(&self) -> &'static str {
         "fused-residual-dropout"

@@ -9,7 +9,7 @@
 //! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
 //! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
 
-use super::cpu::{contiguous_slice, lane_sum, simd, tensors3, with_float_slices, FloatSlices};
+use super::cpu::{contiguous_slice, lane_sum, lane_sum2, simd, tensors3, with_float_slices, FloatSlices};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -29,8 +29,8 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 #[inline(always)]
 fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
-    let mean = lane_sum(row.len(), |i| row[i].to_f64()) / n;
-    let var = lane_sum(row.len(), |i| (row[i].to_f64() - mean).powi(2)) / n;
+    let mean = lane_sum(row, |x| x.to_f64()) / n;
+    let var = lane_sum(row, |x| (x.to_f64() - mean).powi(2)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -61,20 +61,23 @@ pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (V
         .map(|(dxs, (xs, dys))| {
             simd!(|| {
                 let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
-                let mut xhat = vec![0f64; n];
+                // Per row: x̂ and g = γ·∂y.
+                let (mut xhat, mut g) = (vec![0f64; n], vec![0f64; n]);
                 for ((dxr, xr), dyr) in dxs.chunks_mut(n).zip(xs.chunks(n)).zip(dys.chunks(n)) {
                     let (mean, inv_std) = row_stats(xr, eps);
-                    for ((((xh, &x), &d), dw), db) in
-                        xhat.iter_mut().zip(xr).zip(dyr).zip(dw.iter_mut()).zip(db.iter_mut())
-                    {
+                    let row = xhat.iter_mut().zip(g.iter_mut()).zip(xr).zip(dyr).zip(w);
+                    for ((((xh, g), &x), &d), &w) in row {
                         *xh = (x.to_f64() - mean) * inv_std;
-                        *dw += d.to_f64() * *xh;
+                        *g = d.to_f64() * w.to_f64();
+                    }
+                    for (((dw, db), &d), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(dyr).zip(&xhat) {
+                        *dw += d.to_f64() * xh;
                         *db += d.to_f64();
                     }
-                    let g_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64()) / n as f64;
-                    let gx_mean = lane_sum(n, |i| dyr[i].to_f64() * w[i].to_f64() * xhat[i]) / n as f64;
-                    for (((dx, &d), &w), &xh) in dxr.iter_mut().zip(dyr).zip(w).zip(&xhat) {
-                        *dx = T::from_f64((d.to_f64() * w.to_f64() - g_mean - xh * gx_mean) * inv_std);
+                    let g_mean = lane_sum(&g, |g| g) / n as f64;
+                    let gx_mean = lane_sum2(&g, &xhat, |g, xh| g * xh) / n as f64;
+                    for ((dx, &g), &xh) in dxr.iter_mut().zip(&g).zip(&xhat) {
+                        *dx = T::from_f64((g - g_mean - xh * gx_mean) * inv_std);
                     }
                 }
                 (dw, db)

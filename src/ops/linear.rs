@@ -9,7 +9,7 @@
 //!
 //! With g = ∂y (times [y > 0] after ReLU): ∂x = g·W, ∂W = gᵀ·x, ∂b = Σ_rows g.
 
-use super::cpu::{contiguous_slice, tensors3, with_float_slices, FloatSlices};
+use super::cpu::{contiguous_slice, simd, tensors3, with_float_slices, FloatSlices};
 use super::gemm::{matmul, threads_for, Mat};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
@@ -17,6 +17,9 @@ use rayon::prelude::*;
 
 /// Columns of ∂b per parallel task.
 const COLUMNS_PER_TASK: usize = 64;
+
+/// Elements per parallel task of the element-wise passes (ReLU and its gradient).
+const ELEMENTS_PER_TASK: usize = 1 << 15;
 
 pub struct FusedLinear {
     /// Apply max(0, ·) to the output.
@@ -38,13 +41,50 @@ pub(crate) fn forward<T: WithDType + PartialOrd>(x: &[T], w: &[T], b: &[T], relu
     let wt = Mat::rows(w, d_out, d_in, d_in).t();
     matmul(&mut y, d_out, Mat::rows(x, rows, d_in, d_in), wt, true, threads_for(rows, d_out, d_in))?;
     if relu {
-        y.par_iter_mut().for_each(|v| {
-            if *v < T::zero() {
-                *v = T::zero()
-            }
+        y.par_chunks_mut(ELEMENTS_PER_TASK).for_each(|ys| {
+            simd!(|| {
+                for v in ys.iter_mut() {
+                    *v = if *v < T::zero() { T::zero() } else { *v };
+                }
+            })
         });
     }
     Ok(y)
+}
+
+/// dy ⊙ [y > 0]: the gradient through ReLU, from its output y.
+fn relu_grad<T: WithDType + PartialOrd>(dy: &[T], y: &[T]) -> Vec<T> {
+    let mut g = vec![T::zero(); dy.len()];
+    let parts = dy.par_chunks(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK));
+    g.par_chunks_mut(ELEMENTS_PER_TASK).zip(parts).for_each(|(gs, (dys, ys))| {
+        simd!(|| {
+            for ((g, &d), &v) in gs.iter_mut().zip(dys).zip(ys) {
+                *g = if v > T::zero() { d } else { T::zero() };
+            }
+        })
+    });
+    g
+}
+
+/// db += Σ_rows g for a row-major (rows, db.len()) `g`: each column summed in f64 over the rows in
+/// order, by one task per `COLUMNS_PER_TASK` columns (the same result on every run).
+fn add_column_sums<T: WithDType>(g: &[T], db: &mut [T]) {
+    let d_out = db.len();
+    db.par_chunks_mut(COLUMNS_PER_TASK).enumerate().for_each(|(c, db)| {
+        let (start, width) = (c * COLUMNS_PER_TASK, db.len());
+        let mut acc = [0f64; COLUMNS_PER_TASK];
+        let acc = &mut acc[..width];
+        simd!(|| {
+            for row in g.chunks_exact(d_out) {
+                for (a, v) in acc.iter_mut().zip(&row[start..start + width]) {
+                    *a += v.to_f64();
+                }
+            }
+        });
+        for (o, &a) in db.iter_mut().zip(acc.iter()) {
+            *o = T::from_f64(o.to_f64() + a);
+        }
+    });
 }
 
 /// (∂x, ∂W, ∂b) from ∂y; `y` is the op's output (for the ReLU mask); w is (d_out, d_in).
@@ -97,7 +137,7 @@ pub(crate) fn backward_into<T: WithDType + PartialOrd>(i: Inputs<T>, dy: &[T], o
     }
     let masked: Vec<T>;
     let g = if i.relu {
-        masked = dy.par_iter().zip(i.y).map(|(&d, &v)| if v > T::zero() { d } else { T::zero() }).collect();
+        masked = relu_grad(dy, i.y);
         &masked[..]
     } else {
         dy
@@ -106,19 +146,7 @@ pub(crate) fn backward_into<T: WithDType + PartialOrd>(i: Inputs<T>, dy: &[T], o
     let w_mat = Mat::rows(i.w, d_out, d_in, d_in);
     matmul(out.dx, d_in, g_mat, w_mat, out.dx_accumulate, threads_for(rows, d_in, d_out))?;
     matmul(out.dw, d_in, g_mat.t(), Mat::rows(i.x, rows, d_in, d_in), true, threads_for(d_out, d_in, rows))?;
-    // Each column is summed over the rows in order by one task: the same result on every run.
-    out.db.par_chunks_mut(COLUMNS_PER_TASK).enumerate().for_each(|(c, db)| {
-        let start = c * COLUMNS_PER_TASK;
-        let mut acc = vec![0f64; db.len()];
-        for row in g.chunks(d_out) {
-            for (a, v) in acc.iter_mut().zip(&row[start..start + db.len()]) {
-                *a += v.to_f64();
-            }
-        }
-        for (o, a) in db.iter_mut().zip(acc) {
-            *o = T::from_f64(o.to_f64() + a);
-        }
-    });
+    add_column_sums(g, out.db);
     Ok(())
 }
 

@@ -54,13 +54,13 @@ impl FusedProjectedCrossEntropy {
         }
         let (eps, vocab) = (self.epsilon, row.len() as f64);
         let max = T::max_of(row);
-        let mean = lane_sum(row.len(), |i| row[i].to_f64()) / vocab;
+        let mean = lane_sum(row, |x| x.to_f64()) / vocab;
         let x_y = row[y as usize].to_f64();
         // exp(x - max) is kept in the row: the gradient needs it again.
         for x in row.iter_mut() {
             *x = (*x - max).exp_fast();
         }
-        let sum = lane_sum(row.len(), |i| row[i].to_f64());
+        let sum = lane_sum(row, |x| x.to_f64());
         let lse = max.to_f64() + sum.ln();
         let nll = lse - x_y;
         if let Some(g) = g {

@@ -33,7 +33,7 @@ mod tests;
 
 use crate::data::batch::Batch;
 use crate::model::Transformer;
-use crate::ops::cpu::{contiguous_slice, Real};
+use crate::ops::cpu::{contiguous_slice, simd, Real};
 use crate::ops::gemm::with_one_thread_products as one_thread;
 use crate::rng::Rng;
 use crate::train::gradients::UpdateGradients;
@@ -79,6 +79,28 @@ pub fn accumulate(
         DType::F64 => step.run::<f64>(&tensors, rng).map(Some),
         _ => Ok(None),
     })
+}
+
+/// g ← (g + s)·scale, or g·scale without `s`: the shards' gradients added and divided by the update's
+/// token count in one pass.
+fn sum_and_scale<T: Real>(g: &mut [T], s: Option<&[T]>, scale: T) {
+    const ELEMENTS_PER_TASK: usize = 1 << 15;
+    let tasks = g.par_chunks_mut(ELEMENTS_PER_TASK).enumerate();
+    tasks.for_each(|(c, g)| match s {
+        Some(s) => {
+            let s = &s[c * ELEMENTS_PER_TASK..c * ELEMENTS_PER_TASK + g.len()];
+            simd!(|| {
+                for (g, &s) in g.iter_mut().zip(s) {
+                    *g = (*g + s) * scale;
+                }
+            })
+        }
+        None => simd!(|| {
+            for g in g.iter_mut() {
+                *g *= scale;
+            }
+        }),
+    });
 }
 
 /// One update's inputs.
@@ -138,18 +160,14 @@ impl Step<'_> {
             }
             src_tokens += batch.src_tokens;
         }
-        if let Some(second) = second {
-            for (g, s) in grads.iter_mut().zip(&second) {
-                sublayer::add_into(g, s);
-            }
-        }
         drop(guards);
         let scale = T::from_f64(1.0 / sums.tokens.max(1) as f64);
         let grads = grads
             .into_iter()
+            .enumerate()
             .zip(tensors)
-            .map(|(mut g, t)| {
-                g.par_iter_mut().for_each(|v| *v *= scale);
+            .map(|((i, mut g), t)| {
+                sum_and_scale(&mut g, second.as_ref().map(|s| &s[i][..]), scale);
                 Tensor::from_vec(g, t.shape(), &Device::Cpu).map(Some)
             })
             .collect::<Result<_>>()?;

@@ -3,7 +3,7 @@
 //! same in reverse, every gradient added into the step's buffers.
 
 use super::index::ModelIndex;
-use super::sublayer::{add_into, through_mask, AttentionOp, AttentionSaved, Ctx, Grads, Sublayer};
+use super::sublayer::{add_into, through_mask, AttentionOp, AttentionSaved, Ctx, Grads, Rows, Sublayer};
 use crate::model::mask::MASKED;
 use crate::ops::attention::{Dims, FusedAttention};
 use crate::ops::cpu::Real;
@@ -122,7 +122,7 @@ impl<T: Real> Ctx<'_, T> {
         });
         let mask = self.dropout_mask(rng, x.len());
         if let Some(m) = &mask {
-            x.par_iter_mut().zip(m).for_each(|(v, &m)| *v *= T::from_f64(m as f64));
+            crate::ops::dropout::mul_masked_in_place(&mut x, m);
         }
         (x, mask)
     }
@@ -143,10 +143,12 @@ impl<T: Real> Ctx<'_, T> {
     fn encode(&self, ix: &ModelIndex, ops: &Attentions, b: &BatchIds, pe: &[T], rng: &mut Rng) -> Result<Encoded<T>> {
         let (mut x, mask) = self.embed(self.params[ix.src_embedding], &b.src, b.src_len, pe, rng);
         let mut layers = Vec::with_capacity(ix.encoder.len());
+        let all = Rows::All;
         for l in &ix.encoder {
-            let (y, a) =
-                self.sublayer(l.self_attn_norm, rng, x, |x| self.attention(l.self_attn, &ops.encoder, x, None))?;
-            let (y, f) = self.sublayer(l.ffn_norm, rng, y, |x| self.ffn(l.ffn, x))?;
+            let (y, a) = self.sublayer(l.self_attn_norm, &all, rng, x, |x| {
+                self.attention(l.self_attn, &ops.encoder, &all, x, None)
+            })?;
+            let (y, f) = self.sublayer(l.ffn_norm, &all, rng, y, |x| self.ffn(l.ffn, x))?;
             layers.push((a, f));
             x = y;
         }
@@ -156,24 +158,29 @@ impl<T: Real> Ctx<'_, T> {
         })
     }
 
-    /// The decoder stack over `memory`: hidden states (batch·tgt_len, d_model).
+    /// The decoder stack over `memory`: hidden states (rows, d_model) of the target positions `rows`.
+    #[allow(clippy::too_many_arguments)]
     fn decode(
         &self,
         ix: &ModelIndex,
         ops: &Attentions,
         b: &BatchIds,
+        rows: &Rows,
         pe: &[T],
         memory: &[T],
         rng: &mut Rng,
     ) -> Result<Decoded<T>> {
-        let (mut x, mask) = self.embed(self.params[ix.tgt_embedding], &b.tgt_in, b.tgt_len, pe, rng);
+        let (x, mask) = self.embed(self.params[ix.tgt_embedding], &b.tgt_in, b.tgt_len, pe, rng);
+        let mut x = rows.gather(x, self.d_model);
         let mut layers = Vec::with_capacity(ix.decoder.len());
         for l in &ix.decoder {
-            let (y, s) =
-                self.sublayer(l.self_attn_norm, rng, x, |x| self.attention(l.self_attn, &ops.decoder, x, None))?;
-            let (y, c) = self
-                .sublayer(l.cross_attn_norm, rng, y, |x| self.attention(l.cross_attn, &ops.cross, x, Some(memory)))?;
-            let (y, f) = self.sublayer(l.ffn_norm, rng, y, |x| self.ffn(l.ffn, x))?;
+            let (y, s) = self.sublayer(l.self_attn_norm, rows, rng, x, |x| {
+                self.attention(l.self_attn, &ops.decoder, rows, x, None)
+            })?;
+            let (y, c) = self.sublayer(l.cross_attn_norm, rows, rng, y, |x| {
+                self.attention(l.cross_attn, &ops.cross, rows, x, Some(memory))
+            })?;
+            let (y, f) = self.sublayer(l.ffn_norm, rows, rng, y, |x| self.ffn(l.ffn, x))?;
             layers.push((s, c, f));
             x = y;
         }
@@ -183,7 +190,7 @@ impl<T: Real> Ctx<'_, T> {
         })
     }
 
-    /// The decoder's backward pass from ∂hidden; ∂memory is added into `d_memory`.
+    /// The decoder's backward pass from ∂hidden (of `rows`); ∂memory is added into `d_memory`.
     #[allow(clippy::too_many_arguments)]
     fn decode_backward(
         &self,
@@ -191,6 +198,7 @@ impl<T: Real> Ctx<'_, T> {
         ix: &ModelIndex,
         ops: &Attentions,
         b: &BatchIds,
+        rows: &Rows,
         saved: StackSaved<T, DecoderLayerSaved<T>>,
         memory: &[T],
         d_memory: &mut [T],
@@ -205,12 +213,14 @@ impl<T: Real> Ctx<'_, T> {
                 self.ffn_backward(g, l.ffn, x, h, df, dx)
             })?;
             d = self.sublayer_backward(grads, l.cross_attn_norm, c, d, |g, a, x, df, dx| {
-                self.attention_backward(g, l.cross_attn, &ops.cross, x, Some((memory, &mut *d_memory)), a, df, dx)
+                let memory = Some((memory, &mut *d_memory));
+                self.attention_backward(g, l.cross_attn, &ops.cross, rows, x, memory, a, df, dx)
             })?;
             d = self.sublayer_backward(grads, l.self_attn_norm, s, d, |g, a, x, df, dx| {
-                self.attention_backward(g, l.self_attn, &ops.decoder, x, None, a, df, dx)
+                self.attention_backward(g, l.self_attn, &ops.decoder, rows, x, None, a, df, dx)
             })?;
         }
+        let d = rows.scatter(d, self.d_model);
         self.embed_backward(&mut grads[ix.tgt_embedding], &b.tgt_in, saved.mask.as_deref(), &d);
         Ok(())
     }
@@ -234,7 +244,7 @@ impl<T: Real> Ctx<'_, T> {
                 self.ffn_backward(g, l.ffn, x, h, df, dx)
             })?;
             d = self.sublayer_backward(grads, l.self_attn_norm, a, d, |g, s, x, df, dx| {
-                self.attention_backward(g, l.self_attn, &ops.encoder, x, None, s, df, dx)
+                self.attention_backward(g, l.self_attn, &ops.encoder, &Rows::All, x, None, s, df, dx)
             })?;
         }
         self.embed_backward(&mut grads[ix.src_embedding], &b.src, saved.mask.as_deref(), &d);
@@ -256,20 +266,42 @@ impl<T: Real> Ctx<'_, T> {
     ) -> Result<Sums> {
         let ops = Attentions::new(b, heads, self.d_model);
         let (memory, encoder) = self.encode(ix, &ops, b, pe, rng)?;
-        let (hidden, decoder) = self.decode(ix, &ops, b, pe, &memory, rng)?;
-        let loss = FusedProjectedCrossEntropy::new(pad, label_smoothing, true);
-        let ones = vec![T::one(); b.tgt_out.len()];
-        let (rows, unit_grads) =
-            loss.run(&hidden, self.params[ix.generator], &b.tgt_out, self.d_model, Some(&ones[..]))?;
-        let (d_hidden, d_generator) =
-            unit_grads.ok_or_else(|| candle_core::Error::Msg("training step: the loss returned no gradient".into()))?;
+        // The decoder and the loss run on the target positions that are not padding ([`Rows`]), which
+        // come first in each sentence (`Batch::new` pads at the end).
+        let padding_last = |row: &[u32]| row.iter().skip_while(|&&y| y != pad).all(|&y| y == pad);
+        debug_assert!(b.tgt_out.chunks(b.tgt_len.max(1)).all(padding_last), "target padding must come last");
+        let kept: Vec<usize> = (0..b.tgt_out.len()).filter(|&r| b.tgt_out[r] != pad).collect();
+        let targets: Vec<u32> = kept.iter().map(|&r| b.tgt_out[r]).collect();
+        let rows =
+            if kept.len() == b.tgt_out.len() { Rows::All } else { Rows::Kept { kept: &kept, padded: b.tgt_out.len() } };
+        let (hidden, decoder) = self.decode(ix, &ops, b, &rows, pe, &memory, rng)?;
+        let (losses, d_hidden, d_generator) = self.loss(ix, &hidden, &targets, pad, label_smoothing)?;
         drop(hidden);
         add_into(&mut grads[ix.generator], &d_generator);
         let mut d_memory = vec![T::zero(); memory.len()];
-        self.decode_backward(grads, ix, &ops, b, decoder, &memory, &mut d_memory, d_hidden)?;
+        self.decode_backward(grads, ix, &ops, b, &rows, decoder, &memory, &mut d_memory, d_hidden)?;
         drop(memory);
         self.encode_backward(grads, ix, &ops, b, encoder, d_memory)?;
-        let sum = |k: usize| rows.iter().skip(k).step_by(2).map(|v| v.to_f64()).sum::<f64>();
-        Ok(Sums { loss_sum: sum(0), nll_sum: sum(1), tokens: b.tgt_out.iter().filter(|&&y| y != pad).count() })
+        let sum = |k: usize| losses.iter().skip(k).step_by(2).map(|v| v.to_f64()).sum::<f64>();
+        Ok(Sums { loss_sum: sum(0), nll_sum: sum(1), tokens: targets.len() })
+    }
+
+    /// The projected loss of the decoder's `hidden` states against `targets` (no padding among them):
+    /// each row's (loss, nll), ∂hidden and ∂W.
+    #[allow(clippy::type_complexity)]
+    fn loss(
+        &self,
+        ix: &ModelIndex,
+        hidden: &[T],
+        targets: &[u32],
+        pad: u32,
+        label_smoothing: f64,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let loss = FusedProjectedCrossEntropy::new(pad, label_smoothing, true);
+        let ones = vec![T::one(); targets.len()];
+        let (rows, unit_grads) = loss.run(hidden, self.params[ix.generator], targets, self.d_model, Some(&ones[..]))?;
+        let (d_hidden, d_generator) =
+            unit_grads.ok_or_else(|| candle_core::Error::Msg("training step: the loss returned no gradient".into()))?;
+        Ok((rows, d_hidden, d_generator))
     }
 }

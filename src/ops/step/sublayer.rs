@@ -9,7 +9,7 @@
 use super::index::{Attention, FeedForward, Pair};
 use crate::config::Norm;
 use crate::ops::attention::{Dims, FusedAttention};
-use crate::ops::cpu::Real;
+use crate::ops::cpu::{simd, Real};
 use crate::ops::{dropout, layer_norm, linear};
 use crate::rng::Rng;
 use candle_core::Result;
@@ -54,9 +54,18 @@ pub(super) struct Sublayer<T, S> {
     inner: S,
 }
 
+/// Elements per parallel task of the element-wise passes.
+const ELEMENTS_PER_TASK: usize = 1 << 15;
+
 /// acc += x, element by element.
 pub(super) fn add_into<T: Real>(acc: &mut [T], x: &[T]) {
-    acc.par_iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+    acc.par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(|(a, x)| {
+        simd!(|| {
+            for (a, &b) in a.iter_mut().zip(x) {
+                *a += b;
+            }
+        })
+    });
 }
 
 /// x + Dropout(y) with the given mask.
@@ -70,12 +79,78 @@ fn residual<T: Real>(x: &[T], y: &[T], mask: Option<&[f32]>) -> Vec<T> {
 /// d·mask (the gradient through dropout), or d itself.
 pub(super) fn through_mask<T: Real>(d: &[T], mask: Option<&[f32]>) -> Vec<T> {
     match mask {
-        Some(m) => d.par_iter().zip(m).map(|(&v, &m)| v * T::from_f64(m as f64)).collect(),
+        Some(m) => dropout::mul_masked(d, m),
         None => d.to_vec(),
     }
 }
 
+/// The rows of a stack's (batch·len, d_model) activations that are computed: all of them (the encoder),
+/// or only the decoder's target positions that are not padding, in order.
+///
+/// A padding position of the target changes nothing for the others (it comes after them, and the causal
+/// mask keeps it out of their self-attention) and its loss does not count: its gradients are exactly
+/// zero. So the decoder skips it: its linear maps, feed-forward networks, LayerNorms and dropout run on
+/// the kept rows, the loss too, and each attention scatters its projections into the padded layout that
+/// the attention kernel and the masks work on, and gathers its output back. On Multi30k, 12% of the
+/// target positions of a batch are padding (batches are sorted by source length; 0.6% of the source
+/// positions are). Dropout masks are drawn for the padded shape, as the model's forward pass draws them,
+/// and the kept rows' part is used, so both paths drop the same elements.
+pub(super) enum Rows<'a> {
+    All,
+    /// The kept rows' indices in the padded layout of `padded` rows.
+    Kept {
+        kept: &'a [usize],
+        padded: usize,
+    },
+}
+
+impl Rows<'_> {
+    /// The kept rows of a padded (rows, d) row-major matrix.
+    pub fn gather<T: Copy>(&self, x: Vec<T>, d: usize) -> Vec<T> {
+        match self {
+            Rows::All => x,
+            Rows::Kept { kept, .. } => {
+                let mut out = Vec::with_capacity(kept.len() * d);
+                for &r in kept.iter() {
+                    out.extend_from_slice(&x[r * d..(r + 1) * d]);
+                }
+                out
+            }
+        }
+    }
+
+    /// The padded (rows, d) matrix whose kept rows are `x`, zero elsewhere.
+    pub fn scatter<T: Real>(&self, x: Vec<T>, d: usize) -> Vec<T> {
+        match self {
+            Rows::All => x,
+            Rows::Kept { kept, padded } => {
+                // One pass in row order (the kept indices ascend), each element written once.
+                let mut out = Vec::with_capacity(padded * d);
+                let mut rows = kept.iter().zip(x.chunks(d)).peekable();
+                for r in 0..*padded {
+                    match rows.next_if(|&(&k, _)| k == r) {
+                        Some((_, row)) => out.extend_from_slice(row),
+                        None => out.resize(out.len() + d, T::zero()),
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
 impl<T: Real> Ctx<'_, T> {
+    /// The dropout mask of a sub-layer output over `rows` (n elements when all rows are kept), drawn
+    /// from `rng` as the model's forward pass draws it.
+    fn rows_dropout_mask(&self, rows: &Rows, rng: &mut Rng, n: usize) -> Option<Vec<f32>> {
+        match rows {
+            Rows::All => self.dropout_mask(rng, n),
+            Rows::Kept { padded, .. } => {
+                self.dropout_mask(rng, padded * self.d_model).map(|m| rows.gather(m, self.d_model))
+            }
+        }
+    }
+
     /// The dropout mask for `n` elements, drawn from `rng` as the model's forward pass draws it.
     pub fn dropout_mask(&self, rng: &mut Rng, n: usize) -> Option<Vec<f32>> {
         (self.dropout > 0.0).then(|| crate::model::init::dropout_mask(rng, n, self.dropout))
@@ -118,18 +193,26 @@ impl<T: Real> Ctx<'_, T> {
         dx
     }
 
-    /// Multi-head attention from `x` to `memory` (to `x` itself for self-attention):
-    /// Concat(head_1, …, head_h) W_O + b_O.
+    /// Multi-head attention from `x` (its `rows`) to `memory` (all rows; to `x` itself for
+    /// self-attention): Concat(head_1, …, head_h) W_O + b_O.
     pub fn attention(
         &self,
         a: Attention,
         op: &AttentionOp,
+        rows: &Rows,
         x: &[T],
         memory: Option<&[T]>,
     ) -> Result<(Vec<T>, AttentionSaved<T>)> {
+        let d = self.d_model;
         let kv = memory.unwrap_or(x);
         let (q, k, v) = (self.linear(a.q, x, false)?, self.linear(a.k, kv, false)?, self.linear(a.v, kv, false)?);
-        let concat = op.op.forward(&q, &k, &v, op.dims)?;
+        // The kernel works on the padded layout: the memory is in it already, x's rows are scattered.
+        let (k, v) = match memory {
+            Some(_) => (k, v),
+            None => (rows.scatter(k, d), rows.scatter(v, d)),
+        };
+        let q = rows.scatter(q, d);
+        let concat = rows.gather(op.op.forward(&q, &k, &v, op.dims)?, d);
         Ok((self.linear(a.o, &concat, false)?, AttentionSaved { q, k, v, concat }))
     }
 
@@ -141,25 +224,28 @@ impl<T: Real> Ctx<'_, T> {
         grads: &mut Grads<T>,
         a: Attention,
         op: &AttentionOp,
+        rows: &Rows,
         x: &[T],
         memory: Option<(&[T], &mut [T])>,
         saved: &AttentionSaved<T>,
         d_out: &[T],
         dx: &mut [T],
     ) -> Result<()> {
+        let d = self.d_model;
         let mut d_concat = vec![T::zero(); saved.concat.len()];
         self.linear_backward(grads, a.o, &saved.concat, &[], false, d_out, &mut d_concat)?;
+        let d_concat = rows.scatter(d_concat, d);
         let (dq, dk, dv) = op.op.backward(&saved.q, &saved.k, &saved.v, &d_concat, op.dims)?;
         drop(d_concat);
-        self.linear_backward(grads, a.q, x, &[], false, &dq, dx)?;
+        self.linear_backward(grads, a.q, x, &[], false, &rows.gather(dq, d), dx)?;
         match memory {
             Some((m, dm)) => {
                 self.linear_backward(grads, a.k, m, &[], false, &dk, dm)?;
                 self.linear_backward(grads, a.v, m, &[], false, &dv, dm)
             }
             None => {
-                self.linear_backward(grads, a.k, x, &[], false, &dk, dx)?;
-                self.linear_backward(grads, a.v, x, &[], false, &dv, dx)
+                self.linear_backward(grads, a.k, x, &[], false, &rows.gather(dk, d), dx)?;
+                self.linear_backward(grads, a.v, x, &[], false, &rows.gather(dv, d), dx)
             }
         }
     }
@@ -187,10 +273,12 @@ impl<T: Real> Ctx<'_, T> {
     }
 
     /// The sub-layer around `f` with LayerNorm `n`: post-norm LayerNorm(x + Dropout(f(x))) or pre-norm
-    /// x + Dropout(f(LayerNorm(x))), the dropout mask drawn after f as the model's forward pass draws it.
+    /// x + Dropout(f(LayerNorm(x))), on `rows`, the dropout mask drawn after f as the model's forward pass
+    /// draws it.
     pub fn sublayer<S>(
         &self,
         n: Pair,
+        rows: &Rows,
         rng: &mut Rng,
         x: Vec<T>,
         f: impl FnOnce(&[T]) -> Result<(Vec<T>, S)>,
@@ -198,7 +286,7 @@ impl<T: Real> Ctx<'_, T> {
         match self.norm {
             Norm::Post => {
                 let (y, inner) = f(&x)?;
-                let mask = self.dropout_mask(rng, y.len());
+                let mask = self.rows_dropout_mask(rows, rng, y.len());
                 let sum = residual(&x, &y, mask.as_deref());
                 let out = self.layer_norm(n, &sum);
                 Ok((out, Sublayer { input: x, normed: sum, mask, inner }))
@@ -206,7 +294,7 @@ impl<T: Real> Ctx<'_, T> {
             Norm::Pre => {
                 let normed = self.layer_norm(n, &x);
                 let (y, inner) = f(&normed)?;
-                let mask = self.dropout_mask(rng, y.len());
+                let mask = self.rows_dropout_mask(rows, rng, y.len());
                 let out = residual(&x, &y, mask.as_deref());
                 Ok((out, Sublayer { input: x, normed, mask, inner }))
             }
