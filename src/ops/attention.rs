@@ -7,7 +7,8 @@
 //! merges heads with copies, runs one small product per (batch, head) after another, and adds a dozen
 //! autograd nodes per attention, each with its zero-filled gradient buffer. This op reads each head's
 //! columns in place, works on the batch rows in parallel, and is one node.
-//! The backward pass recomputes P (it is small: q_len × k_len per head) instead of keeping it:
+//! The backward pass reads P from the forward pass when the caller kept it (the training step does; it
+//! is small: q_len × k_len per head), or computes it again:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)) / √d_k, dQ = dS K, dK = dSᵀ Q.
 //!
 //! The products are written by hand, compiled for the CPU's widest vectors
@@ -169,18 +170,39 @@ impl FusedAttention {
     /// Concat(head_1, …, head_h), (batch, q_len, d_model), from Q (batch, q_len, d_model) and K, V
     /// (batch, k_len, d_model).
     pub(crate) fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims) -> Result<Vec<T>> {
+        self.forward_into(q, k, v, dims, None)
+    }
+
+    /// [`Self::forward`] and every (batch row, head)'s P, (batch, heads, q_len, k_len), which
+    /// [`Self::backward`] then reads instead of computing it again (the training step keeps it: it is
+    /// small, and recomputing it was a third of the backward pass).
+    pub(crate) fn forward_keeping_probs<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        dims: Dims,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let mut probs = vec![T::zero(); dims.batch * self.heads * dims.q_len * dims.k_len];
+        let out = self.forward_into(q, k, v, dims, Some(&mut probs))?;
+        Ok((out, probs))
+    }
+
+    /// [`Self::forward`], writing P into `probs` when given.
+    fn forward_into<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims, probs: Option<&mut [T]>) -> Result<Vec<T>> {
         let Dims { q_len, k_len, d_model, d_k, .. } = dims;
         let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
+        let (qk, row_probs) = (q_len * k_len, self.heads * q_len * k_len);
         let mut out = vec![T::zero(); dims.batch * q_size];
-        out.par_chunks_mut(q_size).enumerate().for_each(|(b, out_b)| {
+        // Batch row b into out_b, with P for all its heads in p_b.
+        let row = |b: usize, out_b: &mut [T], p_b: &mut [T]| {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
-            let mut p = vec![T::zero(); q_len * k_len];
             let (mut kt, mut scratch) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); (SCORE_PARTS + 1) * k_pad]);
             simd!(|| {
-                for h in 0..self.heads {
+                for (h, p) in p_b.chunks_mut(qk).enumerate() {
                     transpose_head(kb, h, dims, &mut kt, k_pad);
-                    self.probabilities(qb, &kt, b, h, dims, &mut p, &mut scratch);
+                    self.probabilities(qb, &kt, b, h, dims, p, &mut scratch);
                     // head_i = P V_h, row by row: out_i = Σ_j P_ij V_j
                     for (i, p_i) in p.chunks(k_len).enumerate() {
                         let out_i = head_row_mut(out_b, i, h, dims);
@@ -190,11 +212,23 @@ impl FusedAttention {
                     }
                 }
             })
-        });
+        };
+        match probs {
+            Some(probs) => out
+                .par_chunks_mut(q_size)
+                .zip(probs.par_chunks_mut(row_probs))
+                .enumerate()
+                .for_each(|(b, (out_b, p_b))| row(b, out_b, p_b)),
+            None => out
+                .par_chunks_mut(q_size)
+                .enumerate()
+                .for_each(|(b, out_b)| row(b, out_b, &mut vec![T::zero(); row_probs])),
+        }
         Ok(out)
     }
 
-    /// (∂Q, ∂K, ∂V) from the gradient of the concatenated output.
+    /// (∂Q, ∂K, ∂V) from the gradient of the concatenated output; P is read from `probs` when given
+    /// ([`Self::forward_keeping_probs`]), computed again otherwise.
     #[allow(clippy::type_complexity)]
     pub(crate) fn backward<T: Real>(
         &self,
@@ -203,6 +237,7 @@ impl FusedAttention {
         v: &[T],
         d_out: &[T],
         dims: Dims,
+        probs: Option<&[T]>,
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let Dims { q_len, k_len, d_model, d_k, .. } = dims;
         let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
@@ -215,14 +250,23 @@ impl FusedAttention {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let dob = &d_out[b * q_size..(b + 1) * q_size];
-            let (mut p, mut dp) = (vec![T::zero(); q_len * k_len], vec![T::zero(); k_pad]);
+            let qk = q_len * k_len;
+            let saved = probs.map(|p| &p[b * self.heads * qk..(b + 1) * self.heads * qk]);
+            let (mut recomputed, mut dp) =
+                (vec![T::zero(); if saved.is_some() { 0 } else { qk }], vec![T::zero(); k_pad]);
             let (mut kt, mut vt) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); d_k * k_pad]);
             let mut scratch = vec![T::zero(); (SCORE_PARTS + 1) * k_pad];
             simd!(|| {
                 for h in 0..self.heads {
-                    transpose_head(kb, h, dims, &mut kt, k_pad);
+                    let p: &[T] = match saved {
+                        Some(saved) => &saved[h * qk..(h + 1) * qk],
+                        None => {
+                            transpose_head(kb, h, dims, &mut kt, k_pad);
+                            self.probabilities(qb, &kt, b, h, dims, &mut recomputed, &mut scratch);
+                            &recomputed
+                        }
+                    };
                     transpose_head(vb, h, dims, &mut vt, k_pad);
-                    self.probabilities(qb, &kt, b, h, dims, &mut p, &mut scratch);
                     for (i, p_i) in p.chunks(k_len).enumerate() {
                         let (q_i, do_i) = (head_row(qb, i, h, dims), head_row(dob, i, h, dims));
                         // ∂P_ij = ∂O_i · V_j; ∂V_j += P_ij ∂O_i
@@ -308,8 +352,8 @@ impl CustomOp3 for FusedAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = self.dims(q.layout(), k.layout(), v.layout())?;
         let (dq, dk, dv) = with_float_slices("fused attention", &[q, k, v, d_out], |data| match data {
-            FloatSlices::F32(s) => tensors3(self.backward::<f32>(s[0], s[1], s[2], s[3], dims)?),
-            FloatSlices::F64(s) => tensors3(self.backward::<f64>(s[0], s[1], s[2], s[3], dims)?),
+            FloatSlices::F32(s) => tensors3(self.backward::<f32>(s[0], s[1], s[2], s[3], dims, None)?),
+            FloatSlices::F64(s) => tensors3(self.backward::<f64>(s[0], s[1], s[2], s[3], dims, None)?),
         })?;
         let (dq, dk, dv) = (dq.reshape(q.shape())?, dk.reshape(k.shape())?, dv.reshape(v.shape())?);
         Ok((Some(dq), Some(dk), Some(dv)))

@@ -34,11 +34,14 @@ pub(super) struct AttentionOp {
     pub dims: Dims,
 }
 
-/// What the backward pass of one multi-head attention needs: the projections and the heads' output.
+/// What the backward pass of one multi-head attention needs: the projections, the attention weights and
+/// the heads' output.
 pub(super) struct AttentionSaved<T> {
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
+    /// P of every (batch row, head).
+    probs: Vec<T>,
     concat: Vec<T>,
 }
 
@@ -212,8 +215,9 @@ impl<T: Real> Ctx<'_, T> {
             None => (rows.scatter(k, d), rows.scatter(v, d)),
         };
         let q = rows.scatter(q, d);
-        let concat = rows.gather(op.op.forward(&q, &k, &v, op.dims)?, d);
-        Ok((self.linear(a.o, &concat, false)?, AttentionSaved { q, k, v, concat }))
+        let (concat, probs) = op.op.forward_keeping_probs(&q, &k, &v, op.dims)?;
+        let concat = rows.gather(concat, d);
+        Ok((self.linear(a.o, &concat, false)?, AttentionSaved { q, k, v, probs, concat }))
     }
 
     /// The backward pass of [`Self::attention`]: ∂x is added into `dx`; for cross-attention (`memory`
@@ -235,7 +239,7 @@ impl<T: Real> Ctx<'_, T> {
         let mut d_concat = vec![T::zero(); saved.concat.len()];
         self.linear_backward(grads, a.o, &saved.concat, &[], false, d_out, &mut d_concat)?;
         let d_concat = rows.scatter(d_concat, d);
-        let (dq, dk, dv) = op.op.backward(&saved.q, &saved.k, &saved.v, &d_concat, op.dims)?;
+        let (dq, dk, dv) = op.op.backward(&saved.q, &saved.k, &saved.v, &d_concat, op.dims, Some(&saved.probs))?;
         drop(d_concat);
         self.linear_backward(grads, a.q, x, &[], false, &rows.gather(dq, d), dx)?;
         match memory {
