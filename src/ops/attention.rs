@@ -20,7 +20,8 @@
 //! No weights are returned: callers that need them (pictures, `nmt explain`, incremental decoding) take
 //! the reference path.
 
-use super::cpu::{contiguous_slice, lane_sum, lane_sum2, simd, tensors3, with_float_slices, FloatSlices, Real};
+use super::cpu::{contiguous_slice, lane_sum2, simd, tensors3, with_float_slices, FloatSlices, Real};
+use super::softmax::softmax_row;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -106,18 +107,6 @@ fn dots<T: Real>(a: &[T], xt: &[T], k_pad: usize, parts: &mut [T], out: &mut [T]
     for (((o, &x0), &x1), (&x2, &x3)) in out.iter_mut().zip(&*p0).zip(&*p1).zip(p2.iter().zip(&*p3)) {
         *o = (x0 + x1) + (x2 + x3);
     }
-}
-
-/// softmax of one row in place: exp(x - max) (a loop that vectorises), then one scale by 1/Σ, the sum
-/// in f64 over lanes in a fixed order.
-#[inline(always)]
-fn softmax_row<T: Real>(row: &mut [T]) {
-    let max = T::max_of(row);
-    for x in row.iter_mut() {
-        *x = (*x - max).exp_fast();
-    }
-    let inv = T::from_f64(1.0 / lane_sum(row, |x| x.to_f64()));
-    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// y += α x.

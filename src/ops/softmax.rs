@@ -8,7 +8,7 @@
 //!
 //! y = exp(x - max x) / Σ exp(x - max x);  ∂x = y · (∂y - Σ ∂y·y)
 
-use super::cpu::{contiguous_slice, Real};
+use super::cpu::{contiguous_slice, lane_sum, simd, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -26,21 +26,22 @@ fn rows_per_task(width: usize) -> usize {
     (ELEMENTS_PER_TASK / width.max(1)).max(1) * width.max(1)
 }
 
+/// softmax of one row in place: exp(x - max) (a loop that vectorises), then one scale by 1/Σ, the sum
+/// in f64 over lanes in a fixed order. The attention kernel calls it for each row of scores.
+#[inline(always)]
+pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
+    let max = T::max_of(row);
+    for x in row.iter_mut() {
+        *x = (*x - max).exp_fast();
+    }
+    let inv = T::from_f64(1.0 / lane_sum(row, |x| x.to_f64()));
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
 fn forward<T: Real>(x: &[T], width: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = x.to_vec();
     let chunk = rows_per_task(width);
-    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(ys, xs)| {
-        for (yr, xr) in ys.chunks_mut(width).zip(xs.chunks(width)) {
-            let max = T::max_of(xr);
-            let mut sum = 0f64;
-            for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x - max).exp_fast();
-                sum += y.to_f64();
-            }
-            let inv = T::from_f64(1.0 / sum);
-            yr.iter_mut().for_each(|y| *y *= inv);
-        }
-    });
+    y.par_chunks_mut(chunk).for_each(|ys| simd!(|| ys.chunks_mut(width).for_each(softmax_row)));
     y
 }
 
