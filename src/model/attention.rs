@@ -294,16 +294,17 @@ mod tests {
 
     /// The fused multi-head attention equals the reference path in value and in the gradients of its
     /// inputs and of all four projections, to rounding in f64 and to f32 precision in f32 (where its
-    /// scores run in blocks of 16 keys over 4 partial sums and its softmax uses `exp_f32`):
-    /// self-attention with a padding mask, causal self-attention and cross-attention to a longer memory,
-    /// on batches large enough to spread over several threads, with d_k 20 and keys within one block of
-    /// 16, then d_k 21 (a term outside the partial sums' groups of 4) and 23 or 37 keys (a second and a
-    /// third block, partly padding). The fused gradients repeat bit for bit.
+    /// products use fused multiply-adds and its softmax `exp_f32`): self-attention with a padding mask,
+    /// causal self-attention and cross-attention to a longer memory, on batches large enough to spread
+    /// over several threads, with every block shape of [`crate::ops::tile`]: d_k 20 (a 16-column block
+    /// and 4 left over), 21 (none full) and 64 (two 32-column blocks); 14 keys (one 16-key block), 30 (a
+    /// 32-key block) and 37 (32 + 16, partly padding); query counts that leave 1, 2 or 3 rows after the
+    /// 4-row blocks. The fused gradients repeat bit for bit.
     #[test]
     fn fused_attention_equals_the_reference_in_value_and_gradient() {
         use crate::model::mask::{causal_mask, padding_mask};
         use candle_core::{DType, Var};
-        let shapes = [(80, 13, 9, 14), (84, 3, 23, 37)]; // (d_model, batch, q_len, k_len), 4 heads
+        let shapes = [(80, 13, 9, 14), (84, 3, 23, 37), (256, 2, 26, 30)]; // (d_model, batch, q_len, k_len), 4 heads
         let cases = [(DType::F64, 1e-10), (DType::F32, 1e-4)];
         for ((d_model, batch, q_len, k_len), (dtype, tolerance)) in
             shapes.into_iter().flat_map(|s| cases.map(|c| (s, c)))

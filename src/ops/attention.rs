@@ -11,17 +11,18 @@
 //! is small: q_len × k_len per head), or computes it again:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(dP ⊙ P)) / √d_k, dQ = dS K, dK = dSᵀ Q.
 //!
-//! The products are written by hand, compiled for the CPU's widest vectors
-//! ([`simd!`](super::cpu::simd)), all as `y += αx`: the scores (and ∂P) over the keys of a transposed
-//! copy of the head's K (and V), the rest over one head's d_k contiguous elements. A general matrix
-//! product (the `gemm` crate, which the first version called per (batch row, head)) packs its operands
-//! and dispatches per call, which costs more than the arithmetic at these sizes (about 25 × 25 × 64 for
-//! Multi30k), and left the attention at 16% of a training step for 2% of its FLOPs (docs/PERFORMANCE.md).
+//! The products run per (batch row, head) through [`super::tile`]'s register-blocked kernel: the scores
+//! and ∂P against a transposed copy of the head's K or V, the rest on the heads' columns in place. A
+//! general matrix product (the `gemm` crate, which the first version called per (batch row, head)) packs
+//! its operands and dispatches per call, which costs more than the arithmetic at these sizes (about
+//! 25 × 25 × 64 for Multi30k), and left the attention at 16% of a training step for 2% of its FLOPs;
+//! the second version's `y += αx` per (query, key) pair was still 12.5% (docs/PERFORMANCE.md).
 //! No weights are returned: callers that need them (pictures, `nmt explain`, incremental decoding) take
 //! the reference path.
 
 use super::cpu::{contiguous_slice, lane_sum2, simd, tensors3, with_float_slices, FloatSlices, Real};
 use super::softmax::softmax_row;
+use super::tile::{product_add, Sizes, Strided};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -53,21 +54,9 @@ fn head_row<T>(x: &[T], i: usize, h: usize, dims: Dims) -> &[T] {
     &x[start..start + dims.d_k]
 }
 
-/// [`head_row`], mutable.
-#[inline(always)]
-fn head_row_mut<T>(x: &mut [T], i: usize, h: usize, dims: Dims) -> &mut [T] {
-    let start = i * dims.d_model + h * dims.d_k;
-    &mut x[start..start + dims.d_k]
-}
-
-/// The key count of the transposed heads is rounded up to a multiple of this (one 512-bit register of
-/// f32), so that the loops over keys have no remainder.
+/// The key count of the transposed heads and the score rows is rounded up to a multiple of this (one
+/// 512-bit register of f32), so that the products over keys have no leftover columns.
 const KEY_BLOCK: usize = 16;
-
-/// Partial sums the scores keep apart over the d_k terms, so that the updates of one element do not wait
-/// on one another (a vector add's latency is about four of its issue slots). [`dots`] uses exactly four.
-const SCORE_PARTS: usize = 4;
-const _: () = assert!(SCORE_PARTS == 4, "dots combines exactly four partial sums");
 
 /// The (k_len, d_k) columns of head `h` in a (k_len, d_model) row-major block, transposed into `out`: d_k
 /// rows of `k_pad` elements. Columns k_len.. are not written (the caller keeps them at zero).
@@ -80,74 +69,73 @@ fn transpose_head<T: Copy>(x: &[T], h: usize, dims: Dims, out: &mut [T], k_pad: 
     }
 }
 
-/// out_j = a · X_j for every key j of a head transposed by [`transpose_head`] (`xt`: d_k rows of
-/// `k_pad`; `out`: k_pad elements), as y += a_c · row c of `xt` over c: element-wise loops over the keys
-/// that vectorise whatever the key count, with no horizontal sum per key. (A dot product per key over 16
-/// partial sums, the first version, was compiled by LLVM's SLP vectoriser into eight 2-lane multiplies
-/// and adds: the attention took 10% of a training step for under 2% of its FLOPs. Blocks of 16 keys kept
-/// in registers were scalar once inlined into the kernel.) The terms go into [`SCORE_PARTS`] partial sums
-/// (rows of `parts`, SCORE_PARTS · k_pad elements), so that consecutive updates of an element do not wait
-/// on one another, combined in a fixed order: the same result on every run.
+/// Head `h` of a (rows, d_model) row-major block as a product operand (rows × d_k, rows d_model apart).
 #[inline(always)]
-fn dots<T: Real>(a: &[T], xt: &[T], k_pad: usize, parts: &mut [T], out: &mut [T]) {
-    parts.fill(T::zero());
-    let (p0, rest) = parts.split_at_mut(k_pad);
-    let (p1, rest) = rest.split_at_mut(k_pad);
-    let (p2, p3) = rest.split_at_mut(k_pad);
-    let (quads, rest_a) = a.as_chunks::<SCORE_PARTS>();
-    let mut rows = xt.chunks_exact(k_pad);
-    for a_c in quads {
-        for (p, &a_c) in [&mut *p0, &mut *p1, &mut *p2, &mut *p3].into_iter().zip(a_c) {
-            axpy(a_c, rows.next().unwrap_or_default(), p);
-        }
-    }
-    for &a_c in rest_a {
-        axpy(a_c, rows.next().unwrap_or_default(), p0);
-    }
-    for (((o, &x0), &x1), (&x2, &x3)) in out.iter_mut().zip(&*p0).zip(&*p1).zip(p2.iter().zip(&*p3)) {
-        *o = (x0 + x1) + (x2 + x3);
-    }
+fn head<T>(x: &[T], h: usize, dims: Dims) -> &[T] {
+    &x[h * dims.d_k..]
 }
 
-/// y += α x.
+/// [`head`], mutable, as a product's destination.
 #[inline(always)]
-fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
+fn head_mut<T>(x: &mut [T], h: usize, dims: Dims) -> &mut [T] {
+    &mut x[h * dims.d_k..]
+}
+
+/// Scratch space of one batch row, reused over its heads.
+struct Scratch<T> {
+    /// k_pad: the key count rounded up to [`KEY_BLOCK`].
+    k_pad: usize,
+    /// A head of K or V transposed: d_k rows of k_pad (columns k_len.. stay zero).
+    transposed: Vec<T>,
+    /// Q_h K_hᵀ (or ∂O_h V_hᵀ): q_len rows of k_pad.
+    scores: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(dims: Dims) -> Self {
+        let k_pad = dims.k_len.next_multiple_of(KEY_BLOCK);
+        Scratch { k_pad, transposed: vec![T::zero(); dims.d_k * k_pad], scores: vec![T::zero(); dims.q_len * k_pad] }
+    }
+
+    /// `scores` = X_h Y_hᵀ for head `h` of X (q_len, d_model) and Y (k_len, d_model).
+    #[inline(always)]
+    fn head_products(&mut self, x: &[T], y: &[T], h: usize, dims: Dims) {
+        transpose_head(y, h, dims, &mut self.transposed, self.k_pad);
+        self.scores.fill(T::zero());
+        let sizes = Sizes { rows: dims.q_len, inner: dims.d_k, cols: self.k_pad };
+        let x = Strided::rows(head(x, h, dims), dims.d_model);
+        product_add(x, &self.transposed, self.k_pad, &mut self.scores, self.k_pad, sizes);
     }
 }
 
 impl FusedAttention {
-    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len); `q` is
-    /// batch row `b`'s (q_len, d_model) block, `kt` its head `h` of K transposed ([`transpose_head`]),
-    /// `scratch` (SCORE_PARTS + 1) · k_pad elements for [`dots`].
+    /// P = softmax(Q_h K_hᵀ / √d_k + mask) of batch row `b`, head `h`, into `p` (q_len × k_len); `q` and `k`
+    /// are batch row `b`'s (q_len, d_model) and (k_len, d_model) blocks.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn probabilities<T: Real>(
         &self,
         q: &[T],
-        kt: &[T],
+        k: &[T],
         b: usize,
         h: usize,
         dims: Dims,
         p: &mut [T],
-        scratch: &mut [T],
+        s: &mut Scratch<T>,
     ) {
         let Dims { q_len, k_len, .. } = dims;
         let scale = T::from_f64(1.0 / (dims.d_k as f64).sqrt());
         let mask = self.mask.as_deref().map(|m| &m[b * q_len * k_len..(b + 1) * q_len * k_len]);
-        let k_pad = scratch.len() / (SCORE_PARTS + 1);
-        let (scores, parts) = scratch.split_at_mut(k_pad);
-        for (i, row) in p.chunks_mut(k_len).enumerate() {
-            dots(head_row(q, i, h, dims), kt, k_pad, parts, scores);
+        s.head_products(q, k, h, dims);
+        for (i, (row, scores)) in p.chunks_mut(k_len).zip(s.scores.chunks(s.k_pad)).enumerate() {
             match mask {
                 Some(m) => {
-                    for ((x, &s), &m) in row.iter_mut().zip(&*scores).zip(&m[i * k_len..(i + 1) * k_len]) {
+                    for ((x, &s), &m) in row.iter_mut().zip(scores).zip(&m[i * k_len..(i + 1) * k_len]) {
                         *x = T::from_f64((s * scale).to_f64() + m);
                     }
                 }
                 None => {
-                    for (x, &s) in row.iter_mut().zip(&*scores) {
+                    for (x, &s) in row.iter_mut().zip(scores) {
                         *x = s * scale;
                     }
                 }
@@ -180,25 +168,21 @@ impl FusedAttention {
     /// [`Self::forward`], writing P into `probs` when given.
     fn forward_into<T: Real>(&self, q: &[T], k: &[T], v: &[T], dims: Dims, probs: Option<&mut [T]>) -> Result<Vec<T>> {
         let Dims { q_len, k_len, d_model, d_k, .. } = dims;
-        let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
+        let (q_size, k_size) = (q_len * d_model, k_len * d_model);
         let (qk, row_probs) = (q_len * k_len, self.heads * q_len * k_len);
         let mut out = vec![T::zero(); dims.batch * q_size];
         // Batch row b into out_b, with P for all its heads in p_b.
         let row = |b: usize, out_b: &mut [T], p_b: &mut [T]| {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
-            let (mut kt, mut scratch) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); (SCORE_PARTS + 1) * k_pad]);
+            let mut s = Scratch::new(dims);
             simd!(|| {
                 for (h, p) in p_b.chunks_mut(qk).enumerate() {
-                    transpose_head(kb, h, dims, &mut kt, k_pad);
-                    self.probabilities(qb, &kt, b, h, dims, p, &mut scratch);
-                    // head_i = P V_h, row by row: out_i = Σ_j P_ij V_j
-                    for (i, p_i) in p.chunks(k_len).enumerate() {
-                        let out_i = head_row_mut(out_b, i, h, dims);
-                        for (j, &p_ij) in p_i.iter().enumerate() {
-                            axpy(p_ij, head_row(vb, j, h, dims), out_i);
-                        }
-                    }
+                    self.probabilities(qb, kb, b, h, dims, p, &mut s);
+                    // head_h = P V_h
+                    let sizes = Sizes { rows: q_len, inner: k_len, cols: d_k };
+                    let (p, v_h) = (Strided::rows(&*p, k_len), head(vb, h, dims));
+                    product_add(p, v_h, d_model, head_mut(out_b, h, dims), d_model, sizes);
                 }
             })
         };
@@ -229,7 +213,7 @@ impl FusedAttention {
         probs: Option<&[T]>,
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let Dims { q_len, k_len, d_model, d_k, .. } = dims;
-        let (q_size, k_size, k_pad) = (q_len * d_model, k_len * d_model, k_len.next_multiple_of(KEY_BLOCK));
+        let (q_size, k_size, qk) = (q_len * d_model, k_len * d_model, q_len * k_len);
         let mut dq = vec![T::zero(); q.len()];
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
@@ -239,39 +223,39 @@ impl FusedAttention {
             let (qb, kb, vb) =
                 (&q[b * q_size..(b + 1) * q_size], &k[b * k_size..(b + 1) * k_size], &v[b * k_size..(b + 1) * k_size]);
             let dob = &d_out[b * q_size..(b + 1) * q_size];
-            let qk = q_len * k_len;
             let saved = probs.map(|p| &p[b * self.heads * qk..(b + 1) * self.heads * qk]);
-            let (mut recomputed, mut dp) =
-                (vec![T::zero(); if saved.is_some() { 0 } else { qk }], vec![T::zero(); k_pad]);
-            let (mut kt, mut vt) = (vec![T::zero(); d_k * k_pad], vec![T::zero(); d_k * k_pad]);
-            let mut scratch = vec![T::zero(); (SCORE_PARTS + 1) * k_pad];
+            let mut recomputed = vec![T::zero(); if saved.is_some() { 0 } else { qk }];
+            let mut ds = vec![T::zero(); qk];
+            let mut s = Scratch::new(dims);
             simd!(|| {
                 for h in 0..self.heads {
                     let p: &[T] = match saved {
                         Some(saved) => &saved[h * qk..(h + 1) * qk],
                         None => {
-                            transpose_head(kb, h, dims, &mut kt, k_pad);
-                            self.probabilities(qb, &kt, b, h, dims, &mut recomputed, &mut scratch);
+                            self.probabilities(qb, kb, b, h, dims, &mut recomputed, &mut s);
                             &recomputed
                         }
                     };
-                    transpose_head(vb, h, dims, &mut vt, k_pad);
-                    for (i, p_i) in p.chunks(k_len).enumerate() {
-                        let (q_i, do_i) = (head_row(qb, i, h, dims), head_row(dob, i, h, dims));
-                        // ∂P_ij = ∂O_i · V_j; ∂V_j += P_ij ∂O_i
-                        dots(do_i, &vt, k_pad, &mut scratch[k_pad..], &mut dp);
-                        for (j, &p_ij) in p_i.iter().enumerate() {
-                            axpy(p_ij, do_i, head_row_mut(dv_b, j, h, dims));
-                        }
-                        // ∂S_ij = P_ij (∂P_ij - Σ_j' P_ij' ∂P_ij') / √d_k; ∂Q_i += ∂S_ij K_j; ∂K_j += ∂S_ij Q_i
-                        let row_dot = T::from_f64(lane_sum2(p_i, &dp, |p, d| (p * d).to_f64()));
-                        let dq_i = head_row_mut(dq_b, i, h, dims);
-                        for (j, (&p_ij, &dp_ij)) in p_i.iter().zip(&dp).enumerate() {
-                            let ds_ij = p_ij * (dp_ij - row_dot) * scale;
-                            axpy(ds_ij, head_row(kb, j, h, dims), dq_i);
-                            axpy(ds_ij, q_i, head_row_mut(dk_b, j, h, dims));
+                    // ∂P = ∂O_h V_hᵀ; ∂S_ij = P_ij (∂P_ij - Σ_j' P_ij' ∂P_ij') / √d_k
+                    s.head_products(dob, vb, h, dims);
+                    for ((ds_i, p_i), dp_i) in ds.chunks_mut(k_len).zip(p.chunks(k_len)).zip(s.scores.chunks(s.k_pad)) {
+                        let row_dot = T::from_f64(lane_sum2(p_i, dp_i, |p, d| (p * d).to_f64()));
+                        for ((ds_ij, &p_ij), &dp_ij) in ds_i.iter_mut().zip(p_i).zip(dp_i) {
+                            *ds_ij = p_ij * (dp_ij - row_dot) * scale;
                         }
                     }
+                    // ∂V_h += Pᵀ ∂O_h; ∂Q_h += ∂S K_h; ∂K_h += ∂Sᵀ Q_h
+                    let by_key = Sizes { rows: k_len, inner: q_len, cols: d_k };
+                    let by_query = Sizes { rows: q_len, inner: k_len, cols: d_k };
+                    let (do_h, k_h, q_h) = (head(dob, h, dims), head(kb, h, dims), head(qb, h, dims));
+                    let (p_t, ds_rows, ds_t) = (
+                        Strided::transposed(p, k_len),
+                        Strided::rows(&ds[..], k_len),
+                        Strided::transposed(&ds[..], k_len),
+                    );
+                    product_add(p_t, do_h, d_model, head_mut(dv_b, h, dims), d_model, by_key);
+                    product_add(ds_rows, k_h, d_model, head_mut(dq_b, h, dims), d_model, by_query);
+                    product_add(ds_t, q_h, d_model, head_mut(dk_b, h, dims), d_model, by_key);
                 }
             })
         });

@@ -4,6 +4,8 @@
 //! ([`exp_f32`]).
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The contiguous slice of a CPU tensor's storage; `op` names the op in the error.
 pub fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -26,6 +28,9 @@ pub trait Real:
 {
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
+    /// self · a + b, rounded once (one instruction where the CPU has fused multiply-add, as in every
+    /// [`simd!`] body on x86-64 with AVX2 or AVX-512).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 
     /// e^x for the softmaxes (arguments ≤ 0 there), written so that a loop of it vectorises: for f32,
     /// [`exp_f32`]; for f64, the C library's `exp` (the f64 tests compare with the reference at 1e-10).
@@ -124,6 +129,31 @@ fn combine_lanes(mut acc: [f64; LANES]) -> f64 {
     acc.iter().sum()
 }
 
+/// A new vector of `n` elements written by `write(start, out)` in parallel tasks, with what each task
+/// returns, in task order: `out` is elements start..start + out.len() of the vector (`per_task` of them,
+/// fewer in the last task), not yet initialised. The vector is never zero-filled: a zero fill before a
+/// pass that overwrites every element costs a pass over the memory (memset was 3.8% of a training
+/// step's profile, docs/PERFORMANCE.md).
+///
+/// # Safety
+/// `write` must initialise every element of `out`.
+pub unsafe fn new_vec_written<T: Send, R: Send>(
+    n: usize,
+    per_task: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<T>]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let per_task = per_task.max(1);
+    let mut v = Vec::with_capacity(n);
+    let results = v.spare_capacity_mut()[..n]
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .map(|(i, out)| write(i * per_task, out))
+        .collect();
+    // SAFETY: the tasks cover elements 0..n, and the caller's `write` initialised every one of them.
+    unsafe { v.set_len(n) };
+    (v, results)
+}
+
 impl Real for f32 {
     #[inline(always)]
     fn exp(self) -> Self {
@@ -137,6 +167,10 @@ impl Real for f32 {
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
 }
 
 impl Real for f64 {
@@ -147,6 +181,10 @@ impl Real for f64 {
     #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
     }
 }
 

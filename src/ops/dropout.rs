@@ -9,7 +9,7 @@
 //! hand-written training step, which splits batches into shards with RNGs of their own, draws the same
 //! masks as the model's forward pass only over whole batches: [`crate::ops::with_whole_batches`].)
 
-use super::cpu::{contiguous_slice, simd};
+use super::cpu::{contiguous_slice, new_vec_written, simd};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -28,24 +28,35 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 
 /// a + b·mask, element by element.
 pub(crate) fn add_masked<T: WithDType>(a: &[T], b: &[T], mask: &[f32]) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
-        .zip(mask.par_chunks(ELEMENTS_PER_TASK))
-        .for_each(|((o, (a, b)), m)| {
+    // SAFETY: each task writes every element of its part `o`: a, b and the mask are sliced to o's length.
+    let (out, _) = unsafe {
+        new_vec_written(a.len(), ELEMENTS_PER_TASK, |start, o| {
+            let end = start + o.len();
+            let (a, b, m) = (&a[start..end], &b[start..end], &mask[start..end]);
             simd!(|| {
                 for (((o, &a), &b), &m) in o.iter_mut().zip(a).zip(b).zip(m) {
-                    *o = a + b * T::from_f64(m as f64);
+                    o.write(a + b * T::from_f64(m as f64));
                 }
             })
-        });
+        })
+    };
     out
 }
 
 /// x·mask, element by element: the gradient through dropout.
 pub(crate) fn mul_masked<T: WithDType>(x: &[T], mask: &[f32]) -> Vec<T> {
-    let mut out = x.to_vec();
-    mul_masked_in_place(&mut out, mask);
+    // SAFETY: each task writes every element of its part `o`: x and the mask are sliced to o's length.
+    let (out, _) = unsafe {
+        new_vec_written(x.len(), ELEMENTS_PER_TASK, |start, o| {
+            let end = start + o.len();
+            let (x, m) = (&x[start..end], &mask[start..end]);
+            simd!(|| {
+                for ((o, &x), &m) in o.iter_mut().zip(x).zip(m) {
+                    o.write(x * T::from_f64(m as f64));
+                }
+            })
+        })
+    };
     out
 }
 

@@ -9,10 +9,11 @@
 //! With x̂ = (x - μ)/σ and σ = sqrt(var + ε) (biased variance) per row of width n:
 //! y = γ·x̂ + β;  ∂β = Σ_rows ∂y;  ∂γ = Σ_rows ∂y·x̂;  ∂x = (g - mean(g) - x̂·mean(g·x̂)) / σ with g = γ·∂y.
 
-use super::cpu::{contiguous_slice, lane_sum, lane_sum2, simd, tensors3, with_float_slices, FloatSlices};
+use super::cpu::{
+    contiguous_slice, lane_sum, lane_sum2, new_vec_written, simd, tensors3, with_float_slices, FloatSlices,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
@@ -37,28 +38,34 @@ fn row_stats<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
 /// y = γ·x̂ + β for every row of `x` (rows of width `w.len()`).
 pub(crate) fn forward<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let n = w.len();
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(n * ROWS_PER_TASK).zip(x.par_chunks(n * ROWS_PER_TASK)).for_each(|(ys, xs)| {
-        simd!(|| {
-            for (yr, xr) in ys.chunks_mut(n).zip(xs.chunks(n)) {
-                let (mean, inv_std) = row_stats(xr, eps);
-                for (((y, &x), &w), &b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *y = T::from_f64((x.to_f64() - mean) * inv_std * w.to_f64() + b.to_f64());
+    assert_eq!(b.len(), n, "layer norm: gain and bias differ in length");
+    // SAFETY: each task writes every element of its rows `ys`: x is sliced to their length, cut into the
+    // same rows, and γ and β are as wide as a row.
+    let (y, _) = unsafe {
+        new_vec_written(x.len(), n * ROWS_PER_TASK, |start, ys| {
+            let xs = &x[start..start + ys.len()];
+            simd!(|| {
+                for (yr, xr) in ys.chunks_mut(n).zip(xs.chunks(n)) {
+                    let (mean, inv_std) = row_stats(xr, eps);
+                    for (((y, &x), &w), &b) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        y.write(T::from_f64((x.to_f64() - mean) * inv_std * w.to_f64() + b.to_f64()));
+                    }
                 }
-            }
+            })
         })
-    });
+    };
     y
 }
 
 /// Returns (∂x, ∂γ, ∂β).
 pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let n = w.len();
-    let mut dx = vec![T::zero(); x.len()];
-    let (dw, db) = dx
-        .par_chunks_mut(n * ROWS_PER_TASK)
-        .zip(x.par_chunks(n * ROWS_PER_TASK).zip(dy.par_chunks(n * ROWS_PER_TASK)))
-        .map(|(dxs, (xs, dys))| {
+    assert_eq!(dy.len(), x.len(), "layer norm backward: ∂y and x differ in length");
+    // SAFETY: each task writes every element of its rows `dxs`: x and ∂y are sliced to their length and
+    // cut into the same rows; the row buffers below are n wide, as wide as a row.
+    let (dx, partial_sums) = unsafe {
+        new_vec_written(x.len(), n * ROWS_PER_TASK, |start, dxs| {
+            let (xs, dys) = (&x[start..start + dxs.len()], &dy[start..start + dxs.len()]);
             simd!(|| {
                 let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
                 // Per row: x̂ and g = γ·∂y.
@@ -77,21 +84,20 @@ pub(crate) fn backward<T: WithDType>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (V
                     let g_mean = lane_sum(&g, |g| g) / n as f64;
                     let gx_mean = lane_sum2(&g, &xhat, |g, xh| g * xh) / n as f64;
                     for ((dx, &g), &xh) in dxr.iter_mut().zip(&g).zip(&xhat) {
-                        *dx = T::from_f64((g - g_mean - xh * gx_mean) * inv_std);
+                        dx.write(T::from_f64((g - g_mean - xh * gx_mean) * inv_std));
                     }
                 }
                 (dw, db)
             })
         })
-        .collect::<Vec<_>>()
-        // The per-task sums are added in task order, not in rayon's work-stealing order, so that ∂γ and
-        // ∂β are the same on every run (exact resume depends on it).
-        .into_iter()
-        .fold((vec![0f64; n], vec![0f64; n]), |(mut a, mut b), (c, d)| {
-            a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-            b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-            (a, b)
-        });
+    };
+    // The per-task sums are added in task order, not in rayon's work-stealing order, so that ∂γ and ∂β
+    // are the same on every run (exact resume depends on it).
+    let (dw, db) = partial_sums.into_iter().fold((vec![0f64; n], vec![0f64; n]), |(mut a, mut b), (c, d)| {
+        a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+        b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+        (a, b)
+    });
     (dx, dw.into_iter().map(T::from_f64).collect(), db.into_iter().map(T::from_f64).collect())
 }
 

@@ -54,16 +54,21 @@ pub(crate) fn forward<T: WithDType + PartialOrd>(x: &[T], w: &[T], b: &[T], relu
 
 /// dy ⊙ [y > 0]: the gradient through ReLU, from its output y.
 fn relu_grad<T: WithDType + PartialOrd>(dy: &[T], y: &[T]) -> Vec<T> {
-    let mut g = vec![T::zero(); dy.len()];
-    let parts = dy.par_chunks(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK));
-    g.par_chunks_mut(ELEMENTS_PER_TASK).zip(parts).for_each(|(gs, (dys, ys))| {
+    let mut g = dy.to_vec();
+    relu_grad_in_place(&mut g, y);
+    g
+}
+
+/// g ← g ⊙ [y > 0]: the gradient through ReLU in place, from its output y (the training step's
+/// feed-forward networks, whose hidden gradient is theirs to overwrite: no second (rows, d_ff) buffer).
+pub(crate) fn relu_grad_in_place<T: WithDType + PartialOrd>(g: &mut [T], y: &[T]) {
+    g.par_chunks_mut(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK)).for_each(|(gs, ys)| {
         simd!(|| {
-            for ((g, &d), &v) in gs.iter_mut().zip(dys).zip(ys) {
-                *g = if v > T::zero() { d } else { T::zero() };
+            for (g, &v) in gs.iter_mut().zip(ys) {
+                *g = if v > T::zero() { *g } else { T::zero() };
             }
         })
     });
-    g
 }
 
 /// db += Σ_rows g for a row-major (rows, db.len()) `g`: each column summed in f64 over the rows in

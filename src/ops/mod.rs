@@ -9,7 +9,7 @@
 //!   [`crate::loss::label_smoothed_cross_entropy_reference`]);
 //! - [`step`]: the whole training step, forward and backward, written by hand over these kernels (the
 //!   reference is the model's forward pass with candle's autograd, [`crate::train::gradients::accumulate`]);
-//! - [`gemm`] and [`cpu`]: helpers the kernels share.
+//! - [`gemm`], [`tile`] and [`cpu`]: helpers the kernels share.
 //!
 //! [`fused`] is the one switch: the fused ops run on CPU tensors in f32 or f64 unless the reference path
 //! is asked for ([`with_reference_path`], per thread, so that tests and benchmarks can run both paths in
@@ -26,6 +26,7 @@ pub mod linear;
 pub mod projected_loss;
 pub mod softmax;
 pub mod step;
+pub mod tile;
 
 use candle_core::{DType, Tensor};
 use std::cell::Cell;

@@ -163,21 +163,11 @@ impl<T: Real> Ctx<'_, T> {
         linear::forward(x, self.params[l.w], self.params[l.b], relu)
     }
 
-    /// Adds the gradients of the linear layer `l` (input `x`, output `y`, read only with ReLU) into
-    /// `grads`, and its input's gradient into `dx`.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_backward(
-        &self,
-        grads: &mut Grads<T>,
-        l: Pair,
-        x: &[T],
-        y: &[T],
-        relu: bool,
-        dy: &[T],
-        dx: &mut [T],
-    ) -> Result<()> {
+    /// Adds the gradients of the linear layer `l` (input `x`, no ReLU) into `grads`, and its input's
+    /// gradient into `dx`.
+    fn linear_backward(&self, grads: &mut Grads<T>, l: Pair, x: &[T], dy: &[T], dx: &mut [T]) -> Result<()> {
         let (mut dw, mut db) = (std::mem::take(&mut grads[l.w]), std::mem::take(&mut grads[l.b]));
-        let inputs = linear::Inputs { x, w: self.params[l.w], y, relu };
+        let inputs = linear::Inputs { x, w: self.params[l.w], y: &[], relu: false };
         let out = linear::Grads { dx, dx_accumulate: true, dw: &mut dw, db: &mut db };
         let result = linear::backward_into(inputs, dy, out);
         (grads[l.w], grads[l.b]) = (dw, db);
@@ -237,19 +227,19 @@ impl<T: Real> Ctx<'_, T> {
     ) -> Result<()> {
         let d = self.d_model;
         let mut d_concat = vec![T::zero(); saved.concat.len()];
-        self.linear_backward(grads, a.o, &saved.concat, &[], false, d_out, &mut d_concat)?;
+        self.linear_backward(grads, a.o, &saved.concat, d_out, &mut d_concat)?;
         let d_concat = rows.scatter(d_concat, d);
         let (dq, dk, dv) = op.op.backward(&saved.q, &saved.k, &saved.v, &d_concat, op.dims, Some(&saved.probs))?;
         drop(d_concat);
-        self.linear_backward(grads, a.q, x, &[], false, &rows.gather(dq, d), dx)?;
+        self.linear_backward(grads, a.q, x, &rows.gather(dq, d), dx)?;
         match memory {
             Some((m, dm)) => {
-                self.linear_backward(grads, a.k, m, &[], false, &dk, dm)?;
-                self.linear_backward(grads, a.v, m, &[], false, &dv, dm)
+                self.linear_backward(grads, a.k, m, &dk, dm)?;
+                self.linear_backward(grads, a.v, m, &dv, dm)
             }
             None => {
-                self.linear_backward(grads, a.k, x, &[], false, &rows.gather(dk, d), dx)?;
-                self.linear_backward(grads, a.v, x, &[], false, &rows.gather(dv, d), dx)
+                self.linear_backward(grads, a.k, x, &rows.gather(dk, d), dx)?;
+                self.linear_backward(grads, a.v, x, &rows.gather(dv, d), dx)
             }
         }
     }
@@ -272,8 +262,9 @@ impl<T: Real> Ctx<'_, T> {
         dx: &mut [T],
     ) -> Result<()> {
         let mut dh = vec![T::zero(); h.len()];
-        self.linear_backward(grads, f.w_2, h, &[], false, d_out, &mut dh)?;
-        self.linear_backward(grads, f.w_1, x, h, true, &dh, dx)
+        self.linear_backward(grads, f.w_2, h, d_out, &mut dh)?;
+        linear::relu_grad_in_place(&mut dh, h);
+        self.linear_backward(grads, f.w_1, x, &dh, dx)
     }
 
     /// The sub-layer around `f` with LayerNorm `n`: post-norm LayerNorm(x + Dropout(f(x))) or pre-norm
