@@ -1,5 +1,6 @@
 //! Decoding speed: sentences/s and target tokens/s for greedy and beam 4, one sentence at a time and in
-//! batches, plus the time per output token as the output grows (flat with the KV cache, growing without).
+//! batches, plus the time per decoding step as the output grows: the hand-written step, the tensor-op step
+//! with its KV cache (both flat), and recomputing the whole prefix (growing).
 //!
 //!     cargo bench --bench decode -- [RUN_DIR] [SRC_FILE] [N]
 //!
@@ -10,7 +11,8 @@ use candle_core::{Device, Tensor};
 use nmt::config::{Config, DecodeConfig};
 use nmt::data::corpus::read_lines;
 use nmt::data::tokenizer::Tokenizer;
-use nmt::decode::{Search, Translator};
+use nmt::decode::steps::{ReferenceSteps, Steps};
+use nmt::decode::{DecodeContext, Search, Translator};
 use nmt::model::init::{Mode, ParamStore};
 use nmt::model::Transformer;
 use nmt::run_dir::RunDir;
@@ -50,28 +52,36 @@ fn main() -> anyhow::Result<()> {
             println!("{name:<22} {batch:>10} {:>12.1} {:>14.1}", lines.len() as f64 / secs, tokens as f64 / secs);
         }
     }
-    // Time per decoding step at growing output positions, batch 32, forced tokens.
+    // Time per decoding step at growing output positions, batch 32, forced tokens: the hand-written step
+    // (src/decode/fast.rs), the model's tensor-op step with its KV cache, and recomputing the prefix.
     let ids: Vec<Vec<u32>> = lines.iter().take(32).map(|l| tokenizer.encode(l)).collect::<anyhow::Result<_>>()?;
-    let rows = nmt::data::batch::source_rows(ids.iter().map(|v| v.as_slice()), tokenizer.specials);
-    let (src, mask) = nmt::data::batch::source_tensor(&rows, tokenizer.specials, &device)?;
-    let memory = model.encode(&src, &mask, &mut Mode::Eval)?;
+    let srcs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let ctx = DecodeContext::new(&model, tokenizer.specials, cfg.decode.max_len_extra);
+    let (memory, mask) = ctx.encode_sources(&srcs)?;
     let len = 100.min(cfg.model.max_positions - 1);
-    let tokens = Tensor::new(vec![4u32; rows.len()].as_slice(), &device)?;
-    let mut cache = model.start_decoding(&memory)?;
-    let mut cached = vec![];
-    for _ in 0..len {
-        let s = Instant::now();
-        model.decode_step(&tokens, &mut cache, &mask)?;
-        cached.push(s.elapsed().as_secs_f64() * 1e3);
-    }
-    println!("\nms per decoding step (batch {}), KV cache vs recomputing the prefix:", rows.len());
-    println!("{:>10} {:>12} {:>12}", "position", "cached", "uncached");
+    let tokens = vec![4u32; srcs.len()];
+    let time_steps = |steps: &mut dyn Steps| -> anyhow::Result<Vec<f64>> {
+        (0..len)
+            .map(|_| {
+                let s = Instant::now();
+                steps.step(&tokens)?;
+                Ok(s.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect()
+    };
+    let fast = time_steps(&mut *ctx.start(&srcs)?)?;
+    let cached = time_steps(&mut ReferenceSteps::new(&model, &memory, mask.clone())?)?;
+    println!(
+        "\nms per decoding step (batch {}): hand-written step, tensor-op step with KV cache, recomputing the prefix:",
+        srcs.len()
+    );
+    println!("{:>10} {:>12} {:>12} {:>12}", "position", "fast", "cached", "uncached");
     for pos in [1, 10, 25, 50, 75, 100].into_iter().filter(|&p| p <= len) {
-        let prefix = Tensor::new(vec![vec![4u32; pos]; rows.len()], &device)?;
+        let prefix = Tensor::new(vec![vec![4u32; pos]; srcs.len()], &device)?;
         let s = Instant::now();
         model.logits(&model.decode(&prefix, &memory, &mask, &mut Mode::Eval)?)?;
         let uncached = s.elapsed().as_secs_f64() * 1e3;
-        println!("{pos:>10} {:>12.2} {:>12.2}", cached[pos - 1], uncached);
+        println!("{pos:>10} {:>12.2} {:>12.2} {:>12.2}", fast[pos - 1], cached[pos - 1], uncached);
     }
     Ok(())
 }

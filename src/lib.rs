@@ -28,8 +28,9 @@
 //! [`rng`] is the one seeded random-number generator.
 //!
 //! Fast paths, each with the plain tensor-op version kept beside it as the reference that tests compare
-//! against: the fused CPU ops with their own backward passes ([`ops`]) and the KV cache
-//! ([`model::attention::KvCache`]).
+//! against: the fused CPU ops with their own backward passes ([`ops`]), the hand-written training step
+//! ([`ops::step`]), the KV cache ([`model::attention::KvCache`]) and the hand-written decoding step
+//! ([`decode::fast`]).
 
 pub mod cli;
 pub mod cmd;

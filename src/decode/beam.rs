@@ -12,7 +12,7 @@
 
 use super::{length_penalty, DecodeContext, Hypothesis};
 use crate::data::tokenizer::Specials;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::Result;
 
 /// Beam size, length-penalty exponent and how many hypotheses to return per sentence.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,13 +36,14 @@ struct Sentence {
 }
 
 impl Sentence {
-    /// Ranks the extensions of the live hypotheses, given each row's next-token log-probabilities.
-    /// Returns the new live hypotheses (their `row` still names the parent's row).
-    fn extend(&mut self, log_probs: &[Vec<f32>], step: usize, k: usize, alpha: f64, sp: Specials) -> Vec<Live> {
-        let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(self.live.len() * log_probs[0].len());
+    /// Ranks the extensions of the live hypotheses, given each row's 2K most probable next tokens
+    /// ([`super::steps::NextTokens::best_of_rows`]): the 2K best extensions overall are among the 2K best of each
+    /// hypothesis. Returns the new live hypotheses (their `row` still names the parent's row).
+    fn extend(&mut self, best: &[Vec<(u32, f32)>], step: usize, k: usize, alpha: f64, sp: Specials) -> Vec<Live> {
+        let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(self.live.len() * 2 * k);
         for (hi, h) in self.live.iter().enumerate() {
-            for (v, &lp) in log_probs[h.row].iter().enumerate() {
-                cands.push((h.log_prob + lp as f64, hi, v as u32));
+            for &(v, lp) in &best[h.row] {
+                cands.push((h.log_prob + lp as f64, hi, v));
             }
         }
         let take = (2 * k).min(cands.len());
@@ -94,9 +95,8 @@ impl Sentence {
 /// best first.
 pub fn beam_search(ctx: &DecodeContext, srcs: &[&[u32]], s: BeamSettings) -> Result<Vec<Vec<Hypothesis>>> {
     let (k, nbest) = (s.beam.max(1), s.nbest.clamp(1, s.beam.max(1)));
-    let (sp, device) = (ctx.specials, &ctx.device);
-    let (memory, mut src_mask) = ctx.encode_sources(srcs)?;
-    let mut cache = ctx.model.start_decoding(&memory)?;
+    let sp = ctx.specials;
+    let mut steps = ctx.start(srcs)?;
     let mut sentences: Vec<Sentence> = srcs
         .iter()
         .enumerate()
@@ -108,12 +108,10 @@ pub fn beam_search(ctx: &DecodeContext, srcs: &[&[u32]], s: BeamSettings) -> Res
         .collect();
     let mut feed = vec![sp.bos; srcs.len()];
     for step in 0.. {
-        let tokens = Tensor::new(feed.as_slice(), device)?;
-        let logits = ctx.model.decode_step(&tokens, &mut cache, &src_mask)?; // (rows, vocab)
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let best = steps.step(&feed)?.best_of_rows(2 * k); // one row per live hypothesis
         let (mut rows, mut next_feed) = (vec![], vec![]);
         for sentence in sentences.iter_mut().filter(|x| !x.live.is_empty()) {
-            let mut next = sentence.extend(&log_probs, step, k, s.alpha, sp);
+            let mut next = sentence.extend(&best, step, k, s.alpha, sp);
             if sentence.is_final(&next, nbest, s.alpha) {
                 next.clear();
             }
@@ -127,9 +125,7 @@ pub fn beam_search(ctx: &DecodeContext, srcs: &[&[u32]], s: BeamSettings) -> Res
         if rows.is_empty() {
             break;
         }
-        let rows = Tensor::new(rows.as_slice(), device)?;
-        cache.select(&rows)?;
-        src_mask = src_mask.index_select(&rows, 0)?;
+        steps.select(&rows)?;
         feed = next_feed;
     }
     Ok(sentences
@@ -145,6 +141,7 @@ pub fn beam_search(ctx: &DecodeContext, srcs: &[&[u32]], s: BeamSettings) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::steps::NextTokens;
     use crate::rng::Rng;
 
     const SP: Specials = Specials { pad: 0, bos: 1, eos: 2, unk: 3 };
@@ -171,7 +168,8 @@ mod tests {
         let mut x = Sentence { live: vec![Live { tokens: vec![], log_prob: 0.0, row: 0 }], finished: vec![], limit };
         for step in 0.. {
             let log_probs: Vec<Vec<f32>> = x.live.iter().map(|l| table(&l.tokens)).collect();
-            let mut next = x.extend(&log_probs, step, s.beam, s.alpha, SP);
+            let best = NextTokens::normalized(&log_probs).best_of_rows(2 * s.beam);
+            let mut next = x.extend(&best, step, s.beam, s.alpha, SP);
             if x.is_final(&next, s.nbest, s.alpha) {
                 next.clear();
             }

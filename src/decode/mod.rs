@@ -7,11 +7,15 @@
 //! `model.max_positions`.
 //!
 //! Each search takes a [`DecodeContext`] (the model, the special ids, the length limit, the device) and
-//! a batch of sources; [`Translator`] batches whole inputs and turns ids back into text.
+//! a batch of sources, which [`DecodeContext::start`] encodes and hands back as [`steps::Steps`]: the
+//! hand-written CPU step of [`fast`], or the model's tensor-op step; [`Translator`] batches whole inputs
+//! and turns ids back into text.
 
 pub mod beam;
+pub mod fast;
 pub mod greedy;
 pub mod sample;
+pub mod steps;
 
 use crate::config::DecodeConfig;
 use crate::data::batch::{source_rows, source_tensor};
@@ -23,6 +27,8 @@ use anyhow::Result;
 use beam::BeamSettings;
 use candle_core::{Device, Tensor};
 use sample::SampleSettings;
+use std::sync::OnceLock;
+use steps::Steps;
 
 /// What every search needs besides its sources.
 pub struct DecodeContext<'a> {
@@ -31,11 +37,13 @@ pub struct DecodeContext<'a> {
     /// An output is at most source length + this many tokens (and within the model's position table).
     pub max_len_extra: usize,
     pub device: Device,
+    /// The hand-written step's weights ([`fast`]), laid out on the first batch that can use them.
+    fast: OnceLock<fast::FastDecoder>,
 }
 
 impl<'a> DecodeContext<'a> {
     pub fn new(model: &'a Transformer, specials: Specials, max_len_extra: usize) -> Self {
-        Self { model, specials, max_len_extra, device: model.device().clone() }
+        Self { model, specials, max_len_extra, device: model.device().clone(), fast: OnceLock::new() }
     }
 
     /// Output length limit for a source of `src_len` tokens: src_len + max_len_extra, within the
@@ -53,6 +61,22 @@ impl<'a> DecodeContext<'a> {
         let (src, src_mask) = source_tensor(&source_rows(srcs.iter().copied(), sp), sp, &self.device)?;
         let memory = self.model.encode(&src, &src_mask, &mut Mode::Eval)?;
         Ok((memory, src_mask))
+    }
+
+    /// Encodes a batch of sources and starts decoding it, one row per source: with the hand-written step
+    /// of [`fast`] on CPU in f32, else (another device or dtype, or the reference path asked for by
+    /// [`crate::ops::with_reference_path`]) with the model's tensor-op step ([`steps::ReferenceSteps`]).
+    pub fn start(&self, srcs: &[&[u32]]) -> candle_core::Result<Box<dyn Steps + '_>> {
+        let (memory, src_mask) = self.encode_sources(srcs)?;
+        if fast::FastDecoder::applies(self.model) {
+            if self.fast.get().is_none() {
+                let _ = self.fast.set(fast::FastDecoder::new(self.model)?);
+            }
+            if let Some(f) = self.fast.get() {
+                return Ok(Box::new(f.start(&memory, &src_mask)?));
+            }
+        }
+        Ok(Box::new(steps::ReferenceSteps::new(self.model, &memory, src_mask)?))
     }
 }
 

@@ -5,7 +5,7 @@
 use super::greedy::one_token_per_row;
 use super::{DecodeContext, Hypothesis};
 use crate::rng::Rng;
-use candle_core::{DType, Result};
+use candle_core::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleSettings {
@@ -39,9 +39,8 @@ pub fn draw(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> us
 /// leave the batch; the draws of the others come in source order, so a seed gives the same samples as
 /// long as the batches are the same.
 pub fn sample(ctx: &DecodeContext, srcs: &[&[u32]], s: SampleSettings, rng: &mut Rng) -> Result<Vec<Hypothesis>> {
-    one_token_per_row(ctx, srcs, |logits, _| {
-        let raw = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        Ok(raw.iter().map(|row| draw(row, s.temperature, s.top_k, rng) as u32).collect())
+    one_token_per_row(ctx, srcs, |next| {
+        (0..next.rows()).map(|r| draw(next.logits(r), s.temperature, s.top_k, rng) as u32).collect()
     })
 }
 

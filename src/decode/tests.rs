@@ -181,3 +181,41 @@ fn top_1_sampling_is_greedy_and_a_seed_repeats_its_samples() {
     let b = sample(&ctx(&m), &refs(&s), all, &mut Rng::seed(5)).unwrap();
     assert_eq!(a, b);
 }
+
+/// Every search gives the same outputs through the hand-written step ([`super::fast`]) as through the
+/// model's tensor-op step (the reference path): greedy, beam with n-best lists, and sampling, on a model
+/// whose outputs end with `</s>` at different steps, so that finished sentences leave the batch and beams
+/// reorder.
+#[test]
+fn the_fast_step_and_the_reference_step_give_the_same_outputs() {
+    use super::fast::FastDecoder;
+    use super::sample::{sample, SampleSettings};
+    use crate::rng::Rng;
+    let m = trained_reverser();
+    let mut rng = Rng::seed(21);
+    let s: Vec<Vec<u32>> = (0..30).map(|_| (0..2 + rng.below(6)).map(|_| 4 + rng.below(8) as u32).collect()).collect();
+    let run = || {
+        let beam = BeamSettings { beam: 4, alpha: 0.6, nbest: 3 };
+        let drawn = SampleSettings { temperature: 1.0, top_k: 0, seed: 0 };
+        let mut all = vec![greedy(&ctx(&m), &refs(&s)).unwrap()];
+        all.extend(beam_search(&ctx(&m), &refs(&s), beam).unwrap());
+        all.push(sample(&ctx(&m), &refs(&s), drawn, &mut Rng::seed(5)).unwrap());
+        all
+    };
+    assert!(FastDecoder::applies(&m));
+    let fast = run();
+    let reference = crate::ops::with_reference_path(|| {
+        assert!(!FastDecoder::applies(&m));
+        run()
+    });
+    let mut terminated = 0;
+    for (i, (a, b)) in fast.iter().zip(&reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "list {i}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.tokens, y.tokens, "list {i}");
+            assert!((x.log_prob - y.log_prob).abs() < 1e-4, "list {i}: {} vs {}", x.log_prob, y.log_prob);
+            terminated += usize::from(x.tokens.len() < 12);
+        }
+    }
+    assert!(terminated > 100, "only {terminated} outputs ended with </s>");
+}

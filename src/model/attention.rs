@@ -38,12 +38,12 @@ pub fn scaled_dot_product_attention(
 /// Multi-head attention with projections `w_q`, `w_k`, `w_v` and `w_o` (each with a bias).
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
-    pub(super) w_q: Linear,
-    pub(super) w_k: Linear,
-    pub(super) w_v: Linear,
-    pub(super) w_o: Linear,
-    pub(super) heads: usize,
-    pub(super) d_k: usize,
+    pub(crate) w_q: Linear,
+    pub(crate) w_k: Linear,
+    pub(crate) w_v: Linear,
+    pub(crate) w_o: Linear,
+    pub(crate) heads: usize,
+    pub(crate) d_k: usize,
 }
 
 /// Keys and values already projected and split into heads, kept between decoding steps: the growing

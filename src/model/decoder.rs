@@ -12,12 +12,12 @@ use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
-    pub(super) self_attn: MultiHeadAttention,
-    pub(super) self_attn_norm: SublayerConnection,
-    pub(super) cross_attn: MultiHeadAttention,
-    pub(super) cross_attn_norm: SublayerConnection,
-    pub(super) ffn: FeedForward,
-    pub(super) ffn_norm: SublayerConnection,
+    pub(crate) self_attn: MultiHeadAttention,
+    pub(crate) self_attn_norm: SublayerConnection,
+    pub(crate) cross_attn: MultiHeadAttention,
+    pub(crate) cross_attn_norm: SublayerConnection,
+    pub(crate) ffn: FeedForward,
+    pub(crate) ffn_norm: SublayerConnection,
 }
 
 impl DecoderLayer {
@@ -95,9 +95,9 @@ impl DecoderLayer {
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    pub(super) layers: Vec<DecoderLayer>,
+    pub(crate) layers: Vec<DecoderLayer>,
     /// Only with pre-norm (a deviation from the paper).
-    pub(super) final_norm: Option<LayerNorm>,
+    pub(crate) final_norm: Option<LayerNorm>,
 }
 
 impl Decoder {

@@ -8,8 +8,8 @@ use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct FeedForward {
-    pub(super) w_1: Linear,
-    pub(super) w_2: Linear,
+    pub(crate) w_1: Linear,
+    pub(crate) w_2: Linear,
 }
 
 impl FeedForward {

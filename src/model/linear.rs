@@ -41,6 +41,16 @@ impl Linear {
         x.contiguous()?.apply_op3(&self.weight, &self.bias, crate::ops::linear::FusedLinear { relu })
     }
 
+    /// The weight, (out, in).
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, (out).
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
     /// The reference path from candle tensor ops.
     ///
     /// # Shapes

@@ -163,6 +163,16 @@ impl Transformer {
         self.decode(tgt_in, &memory, src_mask, mode)
     }
 
+    /// The target embedding matrix (vocab, d_model): the shared embedding when tied (§3.4).
+    pub fn target_embedding(&self) -> &Tensor {
+        &self.embeddings.tgt
+    }
+
+    /// The decoder stack, for the hand-written decoding step ([`crate::decode::fast`]).
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// The pre-softmax projection matrix (vocab, d_model): the shared embedding when tied (§3.4).
     pub fn output_projection(&self) -> &Tensor {
         &self.embeddings.generator

@@ -51,6 +51,11 @@ impl LayerNorm {
         x.contiguous()?.apply_op3(&self.weight, &self.bias, op)
     }
 
+    /// The gain γ (d_model), the bias β (d_model) and ε.
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
+
     /// The same function from differentiable tensor ops: the slow reference path.
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -64,8 +69,8 @@ impl LayerNorm {
 /// A residual connection around one sub-layer, with its LayerNorm and dropout.
 #[derive(Debug, Clone)]
 pub struct SublayerConnection {
-    pub(super) norm: LayerNorm,
-    pub(super) style: Norm,
+    pub(crate) norm: LayerNorm,
+    pub(crate) style: Norm,
     dropout: f64,
 }
 
