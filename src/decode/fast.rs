@@ -243,8 +243,13 @@ pub struct FastSteps<'a> {
 /// Rows per parallel task of the attention.
 const ROWS_PER_TASK: usize = 8;
 
-impl Steps for FastSteps<'_> {
-    fn step(&mut self, tokens: &[u32]) -> Result<NextTokens> {
+impl FastSteps<'_> {
+    /// The step's input, x = Embedding(token)·√d_model + PE(t) (§3.4, §3.5), and position t's slots:
+    /// they follow the earlier positions', row r writes slot r, and each row's history gains it.
+    ///
+    /// # Shapes
+    /// - `tokens`: (rows) → x (rows, d_model)
+    fn embed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let w = self.w;
         let (rows, d, t) = (tokens.len(), w.d_model, self.len);
         if rows != self.sentence.len() {
@@ -254,7 +259,6 @@ impl Steps for FastSteps<'_> {
         if t + 1 > max {
             bail!("sequence of {} positions exceeds model.max_positions {max}", t + 1);
         }
-        // x = Embedding(token)·√d_model + PE(t)  (§3.4, §3.5)
         let (scale, pe) = ((d as f64).sqrt() as f32, &w.positional[t * d..(t + 1) * d]);
         let mut x = Vec::with_capacity(rows * d);
         for &token in tokens {
@@ -264,7 +268,6 @@ impl Steps for FastSteps<'_> {
             }
             x.extend(w.embedding[v * d..(v + 1) * d].iter().zip(pe).map(|(&e, &p)| e * scale + p));
         }
-        // Position t's slots follow the earlier positions'; row r writes slot r.
         self.starts.push(self.self_kv.first().map_or(0, |kv| kv.len() / (2 * d)));
         let mut history = Vec::with_capacity(rows * (t + 1));
         for r in 0..rows {
@@ -272,6 +275,15 @@ impl Steps for FastSteps<'_> {
             history.push(r as u32);
         }
         self.history = history;
+        Ok(x)
+    }
+}
+
+impl Steps for FastSteps<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<NextTokens> {
+        let mut x = self.embed(tokens)?;
+        let w = self.w;
+        let (rows, d, t) = (tokens.len(), w.d_model, self.len);
         let (history, starts, positions) = (&self.history, &self.starts, t + 1);
         for (l, layer) in w.layers.iter().enumerate() {
             // Masked self-attention over the positions so far, through each row's history.
