@@ -61,7 +61,9 @@ pub fn projected_label_smoothed_cross_entropy(
     let (batch, len, d_model) = hidden.dims3()?;
     let hidden = hidden.reshape((batch * len, d_model))?;
     if !crate::ops::fused(&hidden) {
-        let logits = hidden.matmul(&projection.t()?)?.reshape((batch, len, projection.dim(0)?))?;
+        // With mixed precision the product runs in the activations' dtype and the loss in the weights'.
+        let logits = hidden.matmul(&projection.to_dtype(hidden.dtype())?.t()?)?;
+        let logits = logits.to_dtype(projection.dtype())?.reshape((batch, len, projection.dim(0)?))?;
         return label_smoothed_cross_entropy(&logits, target, pad, epsilon);
     }
     let target = target.reshape(batch * len)?.contiguous()?;

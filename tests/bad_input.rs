@@ -151,6 +151,24 @@ fn cuda_without_cuda_support_is_a_clear_error() {
         .fails_with(&["--device cuda", "--features cuda"]);
 }
 
+/// Mixed precision is for CUDA: on the CPU, `train.dtype` "bf16" is refused before anything is written;
+/// an unknown dtype names the field.
+#[test]
+fn bf16_on_the_cpu_and_unknown_dtypes_are_clear_errors() {
+    let d = with_data();
+    let bf16 = tiny_config_json(2).replace(r#""seed": 3}"#, r#""seed": 3, "dtype": "bf16"}"#);
+    assert!(bf16.contains("bf16"));
+    d.write("bf16.json", &bf16);
+    d.nmt(&["train", "--config", "bf16.json", "--out", "run"], None).fails_with(&[
+        "train.dtype",
+        "bf16",
+        "--device cuda",
+    ]);
+    assert!(!d.path("run").exists(), "a refused start must not leave a run directory");
+    d.write("f8.json", tiny_config_json(2).replace(r#""seed": 3}"#, r#""seed": 3, "dtype": "f8"}"#));
+    d.nmt(&["train", "--config", "f8.json", "--out", "run"], None).fails_with(&["f8.json", "train.dtype"]);
+}
+
 /// Issue 16: values far beyond what a machine can hold are one-line errors, never an overflow panic or an
 /// allocation abort.
 #[test]

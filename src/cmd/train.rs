@@ -90,12 +90,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (resume_step, start_over) = start(&args, &run, &cfg)?;
     super::memory::check(&cfg.model, super::memory::Use::Training)?;
     let device = super::device(&args.device)?;
+    if cfg.train.dtype == crate::config::Precision::Bf16 && !device.is_cuda() {
+        bail!("train.dtype \"bf16\": mixed precision runs on CUDA only (--device cuda); on the CPU use \"f32\"");
+    }
     let data = load_data(&cfg, &run, resume_step)?;
     cfg.model.vocab_size = data.tokenizer.vocab_size();
     if resume_step.is_none() {
         prepare_run_dir(&run, &cfg, &data.tokenizer, start_over)?;
     }
-    let (model, store) = build(&cfg.model, cfg.train.seed, &device)?;
+    let (mut model, store) = build(&cfg.model, cfg.train.seed, &device)?;
+    model.set_compute_dtype(cfg.train.dtype.compute_dtype());
     let t = &cfg.train;
     let mut adam = Adam::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps)?;
     let state = initial_state(&run, &cfg, resume_step, &store, &mut adam)?;

@@ -17,7 +17,7 @@ pub use decode::DecodeConfig;
 pub use model::{ModelConfig, Norm};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-pub use train::{BestMetric, TrainConfig};
+pub use train::{BestMetric, Precision, TrainConfig};
 
 /// The whole configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

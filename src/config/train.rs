@@ -14,6 +14,28 @@ pub enum BestMetric {
     Bleu,
 }
 
+/// The precision of a training step's activations and matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: activations and matrix products in bf16, with f32 weights (the master copy), f32
+    /// gradients and f32 Adam state, and LayerNorm, softmax and the loss in f32. CUDA only.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype of activations and products.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// How to train (paper §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +93,9 @@ pub struct TrainConfig {
     /// Worker threads for training (the fused ops, the matrix products and candle's element-wise ops all
     /// share them); 0 means one per core. Default 0.
     pub threads: usize,
+    /// "f32", or "bf16" for mixed precision on CUDA (activations and products in bf16, weights, gradients
+    /// and Adam state in f32); the CPU trains in f32 only. Default "f32".
+    pub dtype: Precision,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +123,7 @@ impl Default for TrainConfig {
             max_skipped_steps: 10,
             max_minutes: 0.0,
             threads: 0,
+            dtype: Precision::F32,
         }
     }
 }

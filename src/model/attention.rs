@@ -10,7 +10,7 @@
 use super::init::xavier_uniform;
 use super::linear::{linear, Linear};
 use crate::config::ModelConfig;
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// softmax(QKᵀ/√d_k + mask) V.
@@ -31,7 +31,11 @@ pub fn scaled_dot_product_attention(
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let weights = crate::ops::softmax::softmax(&scores)?;
+    let weights = match scores.dtype() {
+        // Mixed precision: the softmax in f32, its weights back in the activations' dtype.
+        DType::BF16 | DType::F16 => crate::ops::softmax::softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?,
+        _ => crate::ops::softmax::softmax(&scores)?,
+    };
     Ok((weights.matmul(v)?, weights))
 }
 

@@ -60,9 +60,11 @@ impl Linear {
         let d_in = dims.pop().unwrap_or(1);
         let d_out = self.weight.dim(0)?;
         let rows: usize = dims.iter().product();
+        // With mixed precision, the weights in the activations' dtype (a cast that has a backward pass).
+        let (weight, b) = (self.weight.to_dtype(x.dtype())?, self.bias.to_dtype(x.dtype())?);
         let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-        let bias = ones.matmul(&self.bias.reshape((1, d_out))?)?; // (rows, out), every row b
-        let y = (x.reshape((rows, d_in))?.matmul(&self.weight.t()?)? + bias)?;
+        let bias = ones.matmul(&b.reshape((1, d_out))?)?; // (rows, out), every row b
+        let y = (x.reshape((rows, d_in))?.matmul(&weight.t()?)? + bias)?;
         dims.push(d_out);
         y.reshape(dims)
     }

@@ -57,6 +57,9 @@ pub struct Transformer {
     encoder: Encoder,
     decoder: Decoder,
     cfg: ModelConfig,
+    /// The dtype of activations and matrix products: the weights' own, or bf16 for mixed precision
+    /// ([`Self::set_compute_dtype`]).
+    compute: Option<candle_core::DType>,
 }
 
 impl Transformer {
@@ -67,7 +70,23 @@ impl Transformer {
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
             cfg: cfg.clone(),
+            compute: None,
         })
+    }
+
+    /// Runs activations and matrix products in `dtype` (bf16 for mixed precision) while the weights stay
+    /// in theirs: each layer casts its weights to the activations' dtype (a cast with a backward pass, so
+    /// gradients reach the weights in their own dtype), LayerNorm, softmax and the loss compute in f32.
+    pub fn set_compute_dtype(&mut self, dtype: candle_core::DType) {
+        self.compute = Some(dtype);
+    }
+
+    /// `x` in the compute dtype.
+    fn to_compute(&self, x: Tensor) -> Result<Tensor> {
+        match self.compute {
+            Some(dtype) if dtype != x.dtype() => x.to_dtype(dtype),
+            _ => Ok(x),
+        }
     }
 
     /// The configuration the model was built from.
@@ -95,7 +114,7 @@ impl Transformer {
     /// # Shapes
     /// - `src`: (batch, src_len) u32; `src_mask`: (batch, 1, 1, src_len) → memory (batch, src_len, d_model)
     pub fn encode(&self, src: &Tensor, src_mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.positional.forward(&embed(&self.embeddings.src, src)?, 0)?;
+        let x = self.to_compute(self.positional.forward(&embed(&self.embeddings.src, src)?, 0)?)?;
         let x = mode.dropout(&x, self.cfg.dropout)?;
         self.encoder.forward(&x, src_mask, mode)
     }
@@ -106,7 +125,7 @@ impl Transformer {
     /// - `tgt_in`: (batch, tgt_len) u32; `memory`: (batch, src_len, d_model)
     /// - returns hidden states (batch, tgt_len, d_model)
     pub fn decode(&self, tgt_in: &Tensor, memory: &Tensor, src_mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let y = self.positional.forward(&embed(&self.embeddings.tgt, tgt_in)?, 0)?;
+        let y = self.to_compute(self.positional.forward(&embed(&self.embeddings.tgt, tgt_in)?, 0)?)?;
         let y = mode.dropout(&y, self.cfg.dropout)?;
         self.decoder.forward(&y, memory, src_mask, mode)
     }
@@ -118,10 +137,12 @@ impl Transformer {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (batch, len, d_model) = hidden.dims3()?;
         let vocab = self.embeddings.generator.dim(0)?;
+        let generator = self.embeddings.generator.to_dtype(hidden.dtype())?;
         hidden
             .reshape((batch * len, d_model))?
-            .matmul(&self.embeddings.generator.t()?)? // (batch·len, vocab)
-            .reshape((batch, len, vocab))
+            .matmul(&generator.t()?)? // (batch·len, vocab)
+            .reshape((batch, len, vocab))?
+            .to_dtype(self.embeddings.generator.dtype())
     }
 
     /// Starts incremental decoding over an encoded batch.
@@ -140,7 +161,7 @@ impl Transformer {
     pub fn decode_step(&self, tokens: &Tensor, cache: &mut decoder::DecoderCache, src_mask: &Tensor) -> Result<Tensor> {
         let batch = tokens.dim(0)?;
         let y = embed(&self.embeddings.tgt, &tokens.reshape((batch, 1))?)?;
-        let y = self.positional.forward(&y, cache.len)?; // (batch, 1, d_model) at position cache.len
+        let y = self.to_compute(self.positional.forward(&y, cache.len)?)?; // (batch, 1, d_model) at position cache.len
         let hidden = self.decoder.step(&y, cache, src_mask)?;
         self.logits(&hidden)?.squeeze(1)
     }

@@ -58,6 +58,10 @@ impl LayerNorm {
 
     /// The same function from differentiable tensor ops: the slow reference path.
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            // Mixed precision: normalise in the weights' dtype (f32), return in the activations'.
+            return self.forward_reference(&x.to_dtype(self.weight.dtype())?)?.to_dtype(x.dtype());
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;

@@ -232,3 +232,56 @@ fn cached_decoding_equals_the_full_decoder() {
         assert!(max_abs_diff(&a, &b.index_select(&rows, 0).unwrap()) < 1e-6);
     }
 }
+
+/// Mixed precision (`train.dtype` "bf16": activations and products in bf16, weights in f32): the loss is
+/// the f32 loss to bf16's precision, and every weight gets an f32 gradient that points the way the f32
+/// gradient does. The product allows bf16 on CUDA only; here the same tensor-op path runs on the CPU.
+#[test]
+fn bf16_compute_keeps_f32_weights_and_gives_them_f32_gradients() {
+    use crate::loss::projected_label_smoothed_cross_entropy;
+    for norm in [Norm::Post, Norm::Pre] {
+        let cfg = ModelConfig {
+            encoder_layers: 2,
+            decoder_layers: 2,
+            heads: 4,
+            d_model: 64,
+            d_ff: 128,
+            dropout: 0.0,
+            vocab_size: 50,
+            max_positions: 32,
+            norm,
+            ..ModelConfig::default()
+        };
+        let (mut model, store) = build(&cfg, 3, &Device::Cpu).unwrap();
+        let src = ids(&[&[4, 9, 17, 23, 2, 0, 0], &[5, 6, 7, 8, 30, 41, 2], &[11, 2, 0, 0, 0, 0, 0]]);
+        let tgt_in = ids(&[&[1, 12, 13, 14, 0], &[1, 20, 21, 22, 23], &[1, 44, 0, 0, 0]]);
+        let tgt_out = ids(&[&[12, 13, 14, 2, 0], &[20, 21, 22, 23, 2], &[44, 2, 0, 0, 0]]);
+        let mask = padding_mask(&src, 0).unwrap();
+        let run = |model: &Transformer| {
+            let hidden = model.forward_hidden(&src, &mask, &tgt_in, &mut Mode::Eval).unwrap();
+            let l =
+                projected_label_smoothed_cross_entropy(&hidden, model.output_projection(), &tgt_out, 0, 0.1).unwrap();
+            let grads = l.loss.backward().unwrap();
+            let flat: Vec<f32> = store
+                .vars()
+                .iter()
+                .flat_map(|(name, v)| {
+                    let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+                    assert_eq!(g.dtype(), DType::F32, "{name}: gradient not in the weights' dtype");
+                    g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect();
+            (l.loss.to_dtype(DType::F32).unwrap().to_vec0::<f32>().unwrap(), hidden.dtype(), flat)
+        };
+        let (loss32, dtype32, g32) = run(&model);
+        model.set_compute_dtype(DType::BF16);
+        let (loss16, dtype16, g16) = run(&model);
+        assert_eq!((dtype32, dtype16), (DType::F32, DType::BF16));
+        assert!((loss16 - loss32).abs() < 0.02 * loss32, "{norm:?}: loss {loss16} in bf16, {loss32} in f32");
+        assert!(g16.iter().all(|g| g.is_finite()));
+        let dot: f64 = g32.iter().zip(&g16).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let norm2 = |g: &[f32]| g.iter().map(|&a| a as f64 * a as f64).sum::<f64>().sqrt();
+        let cosine = dot / (norm2(&g32) * norm2(&g16));
+        assert!(cosine > 0.99, "{norm:?}: bf16 and f32 gradients have cosine {cosine}");
+    }
+}
