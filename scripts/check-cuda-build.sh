@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Checks that `cargo build --release --features cuda` compiles and links, on any x86-64 Linux machine with
-# python3, gcc and a Rust toolchain: no GPU, no CUDA install and no root needed (issue 14).
+# Checks that `cargo build --release --features nccl` (CUDA, plus NCCL for data-parallel training) compiles
+# and links, on any x86-64 Linux machine with python3, gcc and a Rust toolchain: no GPU, no CUDA install and
+# no root needed (issue 14).
 #
 #     bash scripts/check-cuda-build.sh [TOOLCHAIN_DIR]      (default ~/.cache/nmt-cuda13)
+#     FEATURES=cuda bash scripts/check-cuda-build.sh        (one GPU only: the binary does not need libnccl)
 #
 # It takes CUDA 13.0's compiler, headers and runtime from NVIDIA's PyPI wheels (nvcc pinned to 13.0.x) into a
 # virtual environment, and builds link-time stand-ins for the libraries a GPU machine provides (the driver's
-# libcuda, cuBLAS, cuBLASLt, cuRAND, NVRTC): each exports every function cudarc's bindings name and does
+# libcuda, cuBLAS, cuBLASLt, cuRAND, NVRTC, NCCL): each exports every function cudarc's bindings name and does
 # nothing, so the binary links here and loads here, and finds the real libraries where it runs. Kernels are
 # compiled for compute capability 9.0 (H100, H200) unless CUDA_COMPUTE_CAP says otherwise; with no GPU
 # visible, the build cannot detect one. A clean build takes about 9 minutes on 2 cores; it is not part of CI.
@@ -21,6 +23,8 @@ cd "$(dirname "$0")/.."
 S=${1:-$HOME/.cache/nmt-cuda13}
 mkdir -p "$S"
 S=$(cd "$S" && pwd)
+FEATURES=${FEATURES:-nccl}
+case "$FEATURES" in cuda|nccl) ;; *) echo "check-cuda-build: FEATURES must be cuda or nccl, not $FEATURES" >&2; exit 1;; esac
 
 if [ ! -x "$S/venv/bin/python" ] || ! "$S/venv/bin/python" -c 'import nvidia' 2>/dev/null; then
   echo "== installing CUDA 13.0 nvcc, headers and runtime from PyPI into $S/venv"
@@ -51,7 +55,8 @@ stub cublas libcublas.so.13 cublas
 stub cublasLt libcublasLt.so.13 cublaslt
 stub curand libcurand.so.10 curand
 stub nvrtc libnvrtc.so.13 nvrtc
-for lib in cuda cublas cublasLt curand nvrtc; do
+stub nccl libnccl.so.2 nccl
+for lib in cuda cublas cublasLt curand nvrtc nccl; do
   so=$(objdump -p "$S/cuda/lib64/stubs/lib$lib.so" | awk '/SONAME/ {print $2}')
   ln -sf "lib$lib.so" "$S/cuda/lib64/stubs/$so"
 done
@@ -59,17 +64,19 @@ done
 export CUDA_HOME="$S/cuda" PATH="$S/cuda/bin:$PATH" CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export LIBRARY_PATH="$S/cuda/lib64/stubs:$S/cuda/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
 echo "== nvcc: $(nvcc --version | tail -1)"
-echo "== cargo build --release --features cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP), into target/cuda"
-CARGO_TARGET_DIR=target/cuda cargo build --release --features cuda
+echo "== cargo build --release --features $FEATURES (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP), into target/cuda"
+CARGO_TARGET_DIR=target/cuda cargo build --release --features "$FEATURES"
 
 echo "== checking the binary"
 bin=target/cuda/release/nmt
 missing=$(LD_LIBRARY_PATH="$S/cuda/lib64/stubs:$CU/lib" ldd "$bin" | grep 'not found' || true)
 [ -z "$missing" ] || { echo "check-cuda-build: unresolved libraries:" >&2; echo "$missing" >&2; exit 1; }
-for lib in libcuda.so.1 libcublas.so.13 libcurand.so.10; do
+needed="libcuda.so.1 libcublas.so.13 libcurand.so.10"
+[ "$FEATURES" = nccl ] && needed="$needed libnccl.so.2"
+for lib in $needed; do
   LD_LIBRARY_PATH="$S/cuda/lib64/stubs:$CU/lib" ldd "$bin" | grep -q "$lib" \
     || { echo "check-cuda-build: $bin does not link $lib: was it built without CUDA?" >&2; exit 1; }
 done
 # It loads and runs on the CPU here; the stand-ins answer every CUDA call with an error.
 LD_LIBRARY_PATH="$S/cuda/lib64/stubs:$CU/lib" "$bin" info --config configs/demo.json > /dev/null
-echo "check-cuda-build: OK: $bin built with --features cuda, links libcuda, cuBLAS and cuRAND, runs on CPU"
+echo "check-cuda-build: OK: $bin built with --features $FEATURES, links $needed, runs on CPU"

@@ -90,6 +90,12 @@ pub struct TrainArgs {
     /// Overrides data.valid_tgt.
     #[arg(long)]
     pub valid_tgt: Option<PathBuf>,
+    /// Data-parallel training on N GPUs of this machine: starts N processes (rank i on GPU i) that split
+    /// every batch and sum their gradients with NCCL (--device cuda, a build with `--features nccl`). Across
+    /// machines, start one `nmt train` per GPU with torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+    /// and MASTER_PORT instead (docs/SCALING.md).
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
     #[command(flatten)]
     pub device: DeviceFlags,
 }

@@ -17,6 +17,7 @@
 //! | §5.4 dropout, label smoothing | [`model::init::Mode::dropout`], [`loss`] |
 //! | §6.1 decoding (beam search, length penalty), checkpoint averaging | [`decode`], `cmd::average` |
 //! | BLEU and chrF (sacreBLEU-compatible) | [`eval::score`] |
+//! | data-parallel training over several GPUs (NCCL) | [`dist`] |
 //! | `nmt explain`: one sentence through the model with its own numbers | [`explain`] |
 //! | pictures: heatmaps, positional encoding, attention maps, training curves | [`viz`], [`model::trace`] |
 //!
@@ -37,6 +38,7 @@ pub mod cmd;
 pub mod config;
 pub mod data;
 pub mod decode;
+pub mod dist;
 pub mod eval;
 pub mod explain;
 pub mod loss;

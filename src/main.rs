@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            nmt::log!("nmt: error: {err:#}");
+            nmt::progress::error_line(format_args!("nmt: error: {err:#}"));
             ExitCode::FAILURE
         }
     }

@@ -2,11 +2,28 @@
 
 use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// Set in the processes of a data-parallel run other than rank 0: they draw no bar and write no log line,
+/// only their errors.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// From now on, no progress bar and no log line from this process ([`error_line`] still writes).
+pub fn set_quiet() {
+    QUIET.store(true, Ordering::SeqCst);
+}
 
 /// Writes one line to stderr and ignores a failure: a broken or closed stderr (`nmt train 2>&1 | head -1`)
 /// must not stop the work, and `eprintln!` would panic on it. Use it through [`crate::log!`].
 pub fn log_line(args: std::fmt::Arguments) {
+    if !QUIET.load(Ordering::Relaxed) {
+        error_line(args);
+    }
+}
+
+/// [`log_line`] even in a quiet process: the one error line `main` reports.
+pub fn error_line(args: std::fmt::Arguments) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
@@ -31,7 +48,7 @@ impl Progress {
     /// The same, with a deadline (a time budget): the ETA shown is the sooner of the units' ETA and the
     /// time left until the deadline.
     pub fn with_deadline(total: u64, unit: &str, deadline: Option<Instant>) -> Self {
-        if !std::io::stderr().is_terminal() {
+        if !std::io::stderr().is_terminal() || QUIET.load(Ordering::Relaxed) {
             return Self { bar: None };
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

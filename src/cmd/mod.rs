@@ -4,6 +4,8 @@
 mod average;
 mod eval;
 mod info;
+// `nmt train --nproc N`.
+mod launch;
 mod memory;
 mod score;
 mod train;
@@ -43,12 +45,19 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The device the flags ask for.
 pub(crate) fn device(flags: &DeviceFlags) -> Result<Device> {
+    device_at(flags, 0)
+}
+
+/// The device the flags ask for, GPU `ordinal` for `--device cuda` (a data-parallel rank's LOCAL_RANK).
+pub(crate) fn device_at(flags: &DeviceFlags, ordinal: usize) -> Result<Device> {
     match flags.device {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda if !candle_core::utils::cuda_is_available() => {
             bail!("--device cuda: this nmt was built without CUDA support (rebuild with `--features cuda`)")
         }
-        DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda: cannot open GPU 0"),
+        DeviceArg::Cuda => {
+            Device::new_cuda(ordinal).with_context(|| format!("--device cuda: cannot open GPU {ordinal}"))
+        }
     }
 }
 

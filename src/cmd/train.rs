@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::data::batch::{tokenize_pairs, Example};
 use crate::data::corpus::read_pairs;
 use crate::data::tokenizer::Tokenizer;
+use crate::dist::{self, Collective, World};
 use crate::model::init::ParamStore;
 use crate::model::{build, ParameterCounts};
 use crate::rng::Rng;
@@ -14,6 +15,7 @@ use crate::train::log::MetricsLog;
 use crate::train::optim::Adam;
 use crate::train::{StopReason, Summary, Trainer, ValidSet};
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,29 +82,45 @@ fn start(args: &TrainArgs, run: &RunDir, cfg: &Config) -> Result<(Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if let Some(n) = args.nproc {
+        return super::launch::run(n, args.device.device);
+    }
+    match World::from_env()? {
+        None => train(&args, None),
+        Some(world) => {
+            if !world.is_leader() {
+                crate::progress::set_quiet();
+            }
+            let (rank, size) = (world.rank, world.size);
+            train(&args, Some(world)).with_context(|| format!("rank {rank} of {size}"))
+        }
+    }
+}
+
+/// Trains as the one process of a run (`world` None), or as one rank of a data-parallel run: rank 0 does
+/// what a single process does (the config, the run directory, the tokenizer, the checkpoints) and hands
+/// the config, the tokenizer, the weights and the training state to the other ranks.
+fn train(args: &TrainArgs, world: Option<World>) -> Result<()> {
     let clock = Instant::now(); // the time budget counts the whole command: reading, BPE, checkpoints
-    let run = RunDir::new(out_dir(&args));
-    if args.resume && run.latest_step()?.is_none() {
-        bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
-    }
-    let mut cfg = resolve(&args, &run)?;
-    crate::ops::cpu::set_threads(cfg.train.threads)?;
-    let (resume_step, start_over) = start(&args, &run, &cfg)?;
-    super::memory::check(&cfg.model, super::memory::Use::Training)?;
-    let device = super::device(&args.device)?;
-    if cfg.train.dtype == crate::config::Precision::Bf16 && !device.is_cuda() {
-        bail!("train.dtype \"bf16\": mixed precision runs on CUDA only (--device cuda); on the CPU use \"f32\"");
-    }
-    let data = load_data(&cfg, &run, resume_step)?;
-    cfg.model.vocab_size = data.tokenizer.vocab_size();
-    if resume_step.is_none() {
-        prepare_run_dir(&run, &cfg, &data.tokenizer, start_over)?;
-    }
+    let run = RunDir::new(out_dir(args));
+    let device = super::device_at(&args.device, world.as_ref().map_or(0, |w| w.local_rank))?;
+    let group = world.as_ref().map(|w| dist::join(w, &device)).transpose()?;
+    let setup = match &group {
+        Some(g) if g.size() > 1 => {
+            let mine = (g.rank() == 0).then(|| lead(args, &run, &device)).transpose()?;
+            share_setup(g.as_ref(), &device, mine)?
+        }
+        _ => lead(args, &run, &device)?,
+    };
+    let Setup { cfg, data, resume_step } = setup;
     let (mut model, store) = build(&cfg.model, cfg.train.seed, &device)?;
     model.set_compute_dtype(cfg.train.dtype.compute_dtype());
     let t = &cfg.train;
     let mut adam = Adam::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps)?;
-    let state = initial_state(&run, &cfg, resume_step, &store, &mut adam)?;
+    let mut state = initial_state(&run, &cfg, resume_step, &store, &mut adam)?;
+    if let Some(g) = group.as_ref().filter(|g| g.size() > 1) {
+        state = dist::share_run_state(g.as_ref(), &device, &mut adam, state)?;
+    }
     report_model(&store, &cfg);
     let started = Instant::now();
     let mut trainer = Trainer {
@@ -118,10 +136,87 @@ pub fn run(args: TrainArgs) -> Result<()> {
         valid: data.valid,
         interrupt: interrupt_flag(),
         clock,
+        group,
     };
     let summary = trainer.run()?;
     report_summary(&summary, started, &run);
     Ok(())
+}
+
+/// What training starts from: the resolved config, the tokenized corpus, and the checkpoint step to
+/// resume from (None for a fresh run).
+struct Setup {
+    cfg: Config,
+    data: Data,
+    resume_step: Option<usize>,
+}
+
+/// The single process's (or rank 0's) setup: resolve and check the config, decide between a fresh run and
+/// a resumed one, read the corpus, learn or load the tokenizer, and prepare the run directory.
+fn lead(args: &TrainArgs, run: &RunDir, device: &Device) -> Result<Setup> {
+    if args.resume && run.latest_step()?.is_none() {
+        bail!("--resume: {} holds no checkpoint to resume from", run.root.display());
+    }
+    let mut cfg = resolve(args, run)?;
+    crate::ops::cpu::set_threads(cfg.train.threads)?;
+    let (resume_step, start_over) = start(args, run, &cfg)?;
+    super::memory::check(&cfg.model, super::memory::Use::Training)?;
+    if cfg.train.dtype == crate::config::Precision::Bf16 && !device.is_cuda() {
+        bail!("train.dtype \"bf16\": mixed precision runs on CUDA only (--device cuda); on the CPU use \"f32\"");
+    }
+    let vocabulary = match resume_step {
+        Some(_) => Vocabulary::Load(run.tokenizer()),
+        None => Vocabulary::Learn,
+    };
+    let data = load_data(&cfg, vocabulary, true)?;
+    cfg.model.vocab_size = data.tokenizer.vocab_size();
+    if resume_step.is_none() {
+        prepare_run_dir(run, &cfg, &data.tokenizer, start_over)?;
+    }
+    Ok(Setup { cfg, data, resume_step })
+}
+
+/// What rank 0 tells the other ranks before training: its config and the size of its corpus (which every
+/// rank reads from its own copy of the files).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handshake {
+    config: Config,
+    pairs: usize,
+    tokens: usize,
+}
+
+/// A data-parallel run's setup on every rank: rank 0's (`mine`) as it is; on the others, rank 0's config and
+/// tokenizer, and their own copy of the corpus tokenized with it (checked to be the same as rank 0's). The
+/// other ranks neither validate nor touch the run directory.
+fn share_setup(group: &dyn Collective, device: &Device, mine: Option<Setup>) -> Result<Setup> {
+    let tokens = |train: &[Example]| train.iter().map(|e| e.src.len() + e.tgt.len()).sum::<usize>();
+    let hello = match &mine {
+        Some(s) => {
+            let h = Handshake { config: s.cfg.clone(), pairs: s.data.train.len(), tokens: tokens(&s.data.train) };
+            Some(serde_json::to_vec(&h)?)
+        }
+        None => None,
+    };
+    let hello = dist::share_bytes(group, device, hello.as_deref(), "config")?;
+    let tokenizer = mine.as_ref().map(|s| s.data.tokenizer.to_json()).transpose()?;
+    let tokenizer = dist::share_bytes(group, device, tokenizer.as_ref().map(|t| t.as_bytes()), "tokenizer")?;
+    if let Some(setup) = mine {
+        return Ok(setup);
+    }
+    let hello: Handshake = serde_json::from_slice(&hello).context("reading rank 0's config")?;
+    let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer))?;
+    crate::ops::cpu::set_threads(hello.config.train.threads)?;
+    let data = load_data(&hello.config, Vocabulary::Given(Box::new(tokenizer)), false)?;
+    let (pairs, n) = (data.train.len(), tokens(&data.train));
+    if (pairs, n) != (hello.pairs, hello.tokens) {
+        bail!(
+            "the training data differs from rank 0's ({pairs} pairs and {n} tokens here, {} and {} there): every \
+             process must read the same files",
+            hello.pairs,
+            hello.tokens
+        );
+    }
+    Ok(Setup { cfg: hello.config, data, resume_step: None })
 }
 
 /// `--out`, or runs/<config file stem>.
@@ -139,18 +234,30 @@ struct Data {
     valid: Option<ValidSet>,
 }
 
-/// Reads the corpus, learns or loads the tokenizer, and tokenizes the training and validation pairs.
-fn load_data(cfg: &Config, run: &RunDir, resume_step: Option<usize>) -> Result<Data> {
+/// Where the tokenizer comes from.
+enum Vocabulary {
+    /// Learned from the training corpus (a new run).
+    Learn,
+    /// The run's own `tokenizer.json` (a resumed run).
+    Load(PathBuf),
+    /// Rank 0's, in a data-parallel run.
+    Given(Box<Tokenizer>),
+}
+
+/// Reads the corpus, learns or loads the tokenizer, and tokenizes the training pairs and, `with_valid`,
+/// the validation pairs.
+fn load_data(cfg: &Config, vocabulary: Vocabulary, with_valid: bool) -> Result<Data> {
     let d = &cfg.data;
     let (train_src, train_tgt) = (d.train_src.clone().unwrap_or_default(), d.train_tgt.clone().unwrap_or_default());
     let pairs = read_pairs(&train_src, &train_tgt)?;
     let valid_pairs = match (&d.valid_src, &d.valid_tgt) {
-        (Some(s), Some(t)) => Some(read_pairs(s, t)?),
+        (Some(s), Some(t)) if with_valid => Some(read_pairs(s, t)?),
         _ => None,
     };
-    let tokenizer = match resume_step {
-        Some(_) => Tokenizer::load(&run.tokenizer())?,
-        None => {
+    let tokenizer = match vocabulary {
+        Vocabulary::Load(path) => Tokenizer::load(&path)?,
+        Vocabulary::Given(tokenizer) => *tokenizer,
+        Vocabulary::Learn => {
             crate::log!("learning a joint BPE vocabulary of up to {} tokens", cfg.model.vocab_size);
             let texts = pairs.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
             Tokenizer::train(texts, cfg.model.vocab_size)?

@@ -55,6 +55,12 @@ impl Tokenizer {
         Self::wrap(inner).map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))
     }
 
+    /// Reads what [`Self::to_json`] wrote (a tokenizer received from another process).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner: HfTokenizer = json.parse().map_err(|e| anyhow!("cannot read a tokenizer: {e}"))?;
+        Self::wrap(inner)
+    }
+
     fn wrap(inner: HfTokenizer) -> Result<Self> {
         let id = |t: &str| inner.token_to_id(t).ok_or_else(|| anyhow!("special token {t} is missing"));
         let specials = Specials { pad: id("<pad>")?, bos: id("<s>")?, eos: id("</s>")?, unk: id("<unk>")? };

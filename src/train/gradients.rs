@@ -24,6 +24,13 @@ pub struct UpdateGradients {
     pub src_tokens: usize,
 }
 
+impl UpdateGradients {
+    /// No batch, no gradient: what a process whose shares of an update are all empty contributes.
+    pub fn empty(params: usize) -> Self {
+        Self { grads: vec![None; params], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 }
+    }
+}
+
 /// Runs forward and backward over `batches` and returns the token-averaged gradients: by the hand-written
 /// step of [`crate::ops::step`] on CPU, otherwise (and as its reference) through the model's forward pass
 /// and candle's autograd.
@@ -35,11 +42,13 @@ pub fn accumulate(
     label_smoothing: f64,
     rng: &mut Rng,
 ) -> Result<UpdateGradients> {
+    if batches.is_empty() {
+        return Ok(UpdateGradients::empty(params.len()));
+    }
     if let Some(update) = crate::ops::step::accumulate(model, params, batches, pad, label_smoothing, rng)? {
         return Ok(update);
     }
-    let mut out =
-        UpdateGradients { grads: vec![None; params.len()], loss_sum: 0.0, nll_sum: 0.0, tokens: 0, src_tokens: 0 };
+    let mut out = UpdateGradients::empty(params.len());
     for batch in batches {
         let hidden = model.forward_hidden(&batch.src, &batch.src_mask, &batch.tgt_in, &mut Mode::Train { rng })?;
         let l = projected_label_smoothed_cross_entropy(

@@ -3,7 +3,9 @@
 //!
 //! Beyond the paper: gradient accumulation (`update_freq`), clipping by global norm (`clip_norm`),
 //! skipping of updates with a non-finite loss or gradient, the best checkpoint by a validation metric,
-//! early stopping, and a clean stop on Ctrl-C / SIGTERM that writes a checkpoint first.
+//! early stopping, a clean stop on Ctrl-C / SIGTERM that writes a checkpoint first, and data-parallel
+//! training over several processes ([`crate::dist`]): each computes its share of every batch, the
+//! gradients are summed before the Adam step, and rank 0 validates, logs and writes checkpoints.
 
 pub mod checkpoint;
 pub mod early_stop;
@@ -13,16 +15,18 @@ pub mod optim;
 pub mod schedule;
 
 use crate::config::{BestMetric, Config};
-use crate::data::batch::{epoch_order, make_batches, Batch, Example};
+use crate::data::batch::{epoch_order, make_batches, Example};
 use crate::data::tokenizer::Tokenizer;
 use crate::decode::Translator;
+use crate::dist::{self, Collective};
 use crate::eval::{teacher_forced_loss, ScoreReport};
 use crate::model::init::ParamStore;
 use crate::model::Transformer;
 use crate::progress::Progress;
+use crate::rng::Rng;
 use crate::run_dir::RunDir;
 use anyhow::{bail, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
 use early_stop::Verdict;
 use log::{MetricsLog, TrainLine, ValidLine};
@@ -54,6 +58,8 @@ pub struct Trainer<'a> {
     /// When this process started working on the run (the time budget's clock, added to the time of
     /// earlier processes in `state.elapsed_sec`).
     pub clock: Instant,
+    /// The processes of a data-parallel run (None: this process alone, with no all-reduce at all).
+    pub group: Option<Box<dyn Collective>>,
 }
 
 /// Why training stopped.
@@ -65,6 +71,12 @@ pub enum StopReason {
     Interrupted,
     /// `train.max_minutes` spent.
     TimeLimit,
+}
+
+impl StopReason {
+    /// Every reason, in the order of the codes that data-parallel ranks exchange.
+    const ALL: [StopReason; 5] =
+        [Self::MaxSteps, Self::MaxEpochs, Self::EarlyStopping, Self::Interrupted, Self::TimeLimit];
 }
 
 /// What a finished run reports.
@@ -153,18 +165,32 @@ impl Trainer<'_> {
         schedule::learning_rate(step, self.cfg.model.d_model, t.warmup_steps, t.lr_scale)
     }
 
-    /// One update over `batches`; false when it was skipped for a non-finite loss or gradient.
-    fn update(&mut self, batches: &[Batch], interval: &mut Interval) -> Result<bool> {
+    /// Whether this process validates, logs and writes the run directory (rank 0, or the only process).
+    fn leader(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// One update over `batches` (example indices; this process computes its share of each); false when
+    /// it was skipped for a non-finite loss or gradient.
+    fn update(&mut self, batches: &[Vec<usize>], interval: &mut Interval) -> Result<bool> {
         let t = &self.cfg.train;
         let pad = self.tokenizer.specials.pad;
-        let mut g = gradients::accumulate(
-            self.model,
-            self.adam.params(),
-            batches,
-            pad,
-            t.label_smoothing,
-            &mut self.state.rng,
-        )?;
+        let (rank, size) = self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+        let local = dist::local_batches(&self.train, batches, rank, size, self.tokenizer.specials, &self.device)?;
+        // One process draws its dropout from the run's generator; several processes each draw from their
+        // own stream of it (different masks on different shards), and the generator stays the same on all.
+        let mut own;
+        let rng = match size {
+            1 => &mut self.state.rng,
+            _ => {
+                own = Rng::stream(self.state.rng.next_u64(), rank as u64);
+                &mut own
+            }
+        };
+        let mut g = gradients::accumulate(self.model, self.adam.params(), &local, pad, t.label_smoothing, rng)?;
+        if let Some(group) = &self.group {
+            dist::all_reduce_update(group.as_ref(), self.adam.params(), &mut g)?;
+        }
         let norm = match t.clip_norm {
             0.0 => gradients::global_norm(&g.grads)?,
             max => gradients::clip_by_global_norm(&mut g.grads, max)?,
@@ -182,15 +208,30 @@ impl Trainer<'_> {
         Ok(true)
     }
 
-    /// The next update's batches (`update_freq` of them, fewer at the end of the last epoch).
-    fn next_group(&mut self, batches: &[Vec<usize>], order: &mut Option<EpochOrder>) -> Result<Vec<Batch>> {
+    /// The next update's batches (`update_freq` of them, fewer at the end of the last epoch), as example
+    /// indices: the same on every process of a data-parallel run.
+    fn next_group(&mut self, batches: &[Vec<usize>], order: &mut Option<EpochOrder>) -> Vec<Vec<usize>> {
         let mut group = Vec::with_capacity(self.cfg.train.update_freq);
         while group.len() < self.cfg.train.update_freq {
             let Some(b) = self.next_batch(batches, order) else { break };
-            let examples: Vec<&Example> = batches[b].iter().map(|&i| &self.train[i]).collect();
-            group.push(Batch::new(&examples, self.tokenizer.specials, &self.device)?);
+            group.push(batches[b].clone());
         }
-        Ok(group)
+        group
+    }
+
+    /// The reason every process stops for: rank 0's (its validation and its clock decide), or an
+    /// interrupt that reached any process. Alone, `reason` itself.
+    fn agree(&self, reason: StopReason) -> Result<StopReason> {
+        let Some(group) = self.group.as_ref().filter(|g| g.size() > 1) else { return Ok(reason) };
+        let code = StopReason::ALL.iter().position(|&r| r == reason).unwrap_or(0);
+        let mine =
+            [if group.rank() == 0 { code as f64 } else { 0.0 }, self.interrupt.load(Ordering::SeqCst) as u8 as f64];
+        let sum = group.all_reduce_sum(&Tensor::new(&mine, &self.device)?)?.to_vec1::<f64>()?;
+        Ok(match StopReason::ALL.get(sum[0] as usize) {
+            Some(&StopReason::MaxSteps) | None if sum[1] > 0.0 => StopReason::Interrupted,
+            Some(&r) => r,
+            None => reason,
+        })
     }
 
     /// Trains until `max_steps`, `max_epochs`, early stopping or an interrupt, then writes a final
@@ -210,7 +251,7 @@ impl Trainer<'_> {
                 lp.last_saved = Some(self.state.step);
                 break;
             }
-            let group = self.next_group(&batches, &mut order)?;
+            let group = self.next_group(&batches, &mut order);
             if group.is_empty() {
                 lp.reason = StopReason::MaxEpochs;
                 break;
@@ -230,6 +271,7 @@ impl Trainer<'_> {
             if lp.reason == StopReason::MaxSteps && self.interrupt.load(Ordering::SeqCst) {
                 lp.reason = StopReason::Interrupted;
             }
+            lp.reason = self.agree(lp.reason)?;
             let step = self.state.step;
             if step.is_multiple_of(t.checkpoint_every) || lp.reason != StopReason::MaxSteps {
                 self.save()?;
@@ -275,10 +317,14 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// Every `log_every` steps (and at the last): a metrics line, the progress bar or a log line.
+    /// Every `log_every` steps (and at the last): a metrics line, the progress bar or a log line (rank 0).
     fn log_when_due(&self, lp: &mut Loop) -> Result<()> {
         let (t, step) = (&self.cfg.train, self.state.step);
         if !(step.is_multiple_of(t.log_every) || step == t.max_steps) {
+            return Ok(());
+        }
+        if !self.leader() {
+            lp.interval = Interval::default();
             return Ok(());
         }
         let line = self.train_line(&lp.interval, lp.started);
@@ -323,7 +369,11 @@ impl Trainer<'_> {
         Ok(())
     }
 
+    /// A checkpoint (rank 0 writes it; the other ranks hold the same weights).
     fn save(&self) -> Result<()> {
+        if !self.leader() {
+            return Ok(());
+        }
         // The metrics of the steps up to this checkpoint become durable before the checkpoint does.
         MetricsLog::new(&self.run.metrics()).sync()?;
         checkpoint::save(&self.run, self.store, &self.adam, &self.state)?;
