@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU smoke test (issue 14): trains the demo config on an NVIDIA GPU for a few hundred steps, translates
 # (beam, greedy, sampling) and evaluates there, checks that the GPU-trained model translates on the CPU and a
-# CPU-trained one on the GPU, and prints training tokens/s on GPU and CPU side by side.
+# CPU-trained one on the GPU, runs data-parallel training through NCCL (a world of 1, and one process per GPU
+# when there are several), and prints training tokens/s on GPU and CPU side by side.
 #
 #     bash scripts/gpu-smoke.sh [NMT_BINARY] [STEPS] [WORK_DIR]
 #
@@ -45,8 +46,8 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "== GPU"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== CUDA libraries the binary resolves"
-ldd "$BIN" | grep -E 'libcuda|libcublas|libcurand|libnvrtc|libcudart' || echo "(none linked: loaded at run time)"
-if ldd "$BIN" | grep -q 'not found'; then
+ldd "$BIN" | grep -E 'libcuda|libcublas|libcurand|libnvrtc|libcudart|libnccl' || echo "(none linked: loaded at run time)"
+if ldd "$BIN" | grep 'not found' > /dev/null; then
   echo "gpu-smoke: unresolved libraries:" >&2
   ldd "$BIN" | grep 'not found' >&2
   exit 1
@@ -60,6 +61,25 @@ head -n 100 data/demo/test.de > "$W/test100.de"
 
 step "train the demo config on the GPU, $STEPS steps"
 "$BIN" train --config configs/demo.json --device cuda --out "$W/gpu" --max-steps "$STEPS" --max-minutes "$MAX_MINUTES" --force 2>&1 | last_lines 4
+# Data-parallel training (docs/SCALING.md): NCCL with a world of 1 through the launcher, and one process per
+# GPU when the machine has several.
+NGPU=$(nvidia-smi -L | wc -l)
+DP_RUNS=""
+if ldd "$BIN" | grep libnccl > /dev/null; then
+  step "data-parallel through NCCL, a world of 1 (--nproc 1), $STEPS steps"
+  "$BIN" train --config configs/demo.json --device cuda --nproc 1 --out "$W/nccl1" --max-steps "$STEPS" --max-minutes "$MAX_MINUTES" --force 2>&1 | last_lines 4
+  DP_RUNS="nccl1"
+  if [ "$NGPU" -ge 2 ]; then
+    step "data-parallel through NCCL on $NGPU GPUs (--nproc $NGPU), $STEPS steps"
+    "$BIN" train --config configs/demo.json --device cuda --nproc "$NGPU" --out "$W/nccl$NGPU" --max-steps "$STEPS" --max-minutes "$MAX_MINUTES" --force 2>&1 | last_lines 4
+    DP_RUNS="$DP_RUNS nccl$NGPU"
+  else
+    echo "(one GPU: no world larger than 1 was run)"
+  fi
+else
+  echo "(built without --features nccl: data-parallel training not checked)"
+fi
+
 step "the same on the CPU, $STEPS steps"
 "$BIN" train --config configs/demo.json --device cpu --out "$W/cpu" --max-steps "$STEPS" --max-minutes "$MAX_MINUTES" --force 2>&1 | last_lines 4
 
@@ -80,9 +100,9 @@ step "the CPU-trained model on the GPU"
 "$BIN" translate --model "$W/cpu" --device cuda "$SENTENCE"
 
 step "summary"
-python3 - "$W" "$STEPS" <<'EOF'
+python3 - "$W" "$STEPS" $DP_RUNS <<'EOF'
 import json, statistics, sys
-w, steps = sys.argv[1], sys.argv[2]
+w, steps, dp_runs = sys.argv[1], sys.argv[2], sys.argv[3:]
 def same(a, b):
     x, y = open(f"{w}/{a}").read().splitlines(), open(f"{w}/{b}").read().splitlines()
     return sum(p == q for p, q in zip(x, y)), max(len(x), len(y))
@@ -102,6 +122,19 @@ for kind in ["greedy", "beam"]:
     failed |= n < 0.9 * total
 for d in ["gpu", "cpu"]:
     print(f"eval of the GPU-trained model on {d.upper()}:", " | ".join(open(f"{w}/eval-{d}.txt").read().split("\n")))
-sys.exit("gpu-smoke: GPU and CPU outputs disagree on more than 10% of sentences" if failed else 0)
+def last_valid(run):
+    lines = [json.loads(l) for l in open(f"{w}/{run}/metrics.jsonl")]
+    valid = [l for l in lines if l.get("kind") == "valid"]
+    return (valid[-1]["step"], valid[-1]["valid_loss"]) if valid else (None, float("nan"))
+base_step, base_loss = last_valid("gpu")
+for run in dp_runs:
+    step_, loss = last_valid(run)
+    print(f"data-parallel {run}: {speed(run):,.0f} target tokens/s; valid loss {loss:.3f} at step {step_} "
+          f"(one GPU without NCCL: {base_loss:.3f} at step {base_step})")
+    # The same batches and the same gradient: only dropout masks (several ranks) and float order differ.
+    if step_ != base_step or not abs(loss - base_loss) <= 0.05 * base_loss:
+        print(f"gpu-smoke: data-parallel run {run} does not train like the single-GPU run")
+        failed = True
+sys.exit("gpu-smoke: failed (see above)" if failed else 0)
 EOF
 echo "gpu-smoke: OK (runs in $W)"
