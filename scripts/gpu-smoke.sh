@@ -96,6 +96,9 @@ step "the GPU-trained model on the CPU"
 "$BIN" eval --model "$W/gpu" --device cpu --src "$W/test100.en" --ref "$W/test100.de" 2>/dev/null | tee "$W/eval-cpu.txt"
 "$BIN" translate --model "$W/gpu" --device cpu --beam 1 --input "$W/test100.en" > "$W/cpu-greedy.txt"
 "$BIN" translate --model "$W/gpu" --device cpu --beam 4 --input "$W/test100.en" > "$W/cpu-beam.txt"
+step "nmt explain on the GPU and on the CPU"
+"$BIN" explain --model "$W/gpu" --device cuda --json "$SENTENCE" > "$W/explain-gpu.json"
+"$BIN" explain --model "$W/gpu" --device cpu --json "$SENTENCE" > "$W/explain-cpu.json"
 step "the CPU-trained model on the GPU"
 "$BIN" translate --model "$W/cpu" --device cuda "$SENTENCE"
 
@@ -126,6 +129,24 @@ def last_valid(run):
     lines = [json.loads(l) for l in open(f"{w}/{run}/metrics.jsonl")]
     valid = [l for l in lines if l.get("kind") == "valid"]
     return (valid[-1]["step"], valid[-1]["valid_loss"]) if valid else (None, float("nan"))
+def walk(a, b, path="$"):
+    """(largest relative difference of the numbers, paths whose text or structure differs)"""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return 0.0, [path]
+        parts = [walk(a[k], b[k], f"{path}.{k}") for k in a]
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return 0.0, [path]
+        parts = [walk(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))]
+    elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) / max(1.0, abs(b)), []
+    else:
+        return 0.0, ([] if a == b else [path])
+    return max([p[0] for p in parts], default=0.0), [x for p in parts for x in p[1]]
+diff, differ = walk(json.load(open(f"{w}/explain-gpu.json")), json.load(open(f"{w}/explain-cpu.json")))
+print(f"nmt explain, GPU vs CPU: largest relative difference {diff:.1e}; text that differs at {differ[:5] or 'no path'}")
+failed |= diff > 1e-2 or len(differ) > 0
 base_step, base_loss = last_valid("gpu")
 for run in dp_runs:
     step_, loss = last_valid(run)
