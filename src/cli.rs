@@ -90,10 +90,10 @@ pub struct TrainArgs {
     /// Overrides data.valid_tgt.
     #[arg(long)]
     pub valid_tgt: Option<PathBuf>,
-    /// Data-parallel training on N GPUs of this machine: starts N processes (rank i on GPU i) that split
-    /// every batch and sum their gradients with NCCL (--device cuda, a build with `--features nccl`). Across
-    /// machines, start one `nmt train` per GPU with torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
-    /// and MASTER_PORT instead (docs/SCALING.md).
+    /// Data-parallel training with N processes on this machine (rank i on GPU i with --device cuda): each
+    /// computes its share of every batch, and the gradients are summed before every update, with NCCL on
+    /// GPUs (a build with `--features nccl`) and over TCP on the CPU. Across machines, start one `nmt train`
+    /// per GPU with torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (docs/SCALING.md).
     #[arg(long, value_name = "N")]
     pub nproc: Option<usize>,
     #[command(flatten)]

@@ -3,6 +3,8 @@
 //! `MASTER_ADDR` = 127.0.0.1, `MASTER_PORT` = a free port); waits for them; and when one fails, stops the
 //! others and fails with its rank. Ctrl-C reaches every process of the terminal: each rank finishes its
 //! update and rank 0 writes a checkpoint. A SIGTERM sent to this process alone is passed on to the ranks.
+//!
+//! On the CPU the cores are shared out: each rank gets `--threads` (cores / N unless given).
 
 use crate::cli::DeviceArg;
 use crate::dist::ENV;
@@ -20,10 +22,7 @@ pub fn run(nproc: usize, device: DeviceArg) -> Result<()> {
     if let Some(var) = ENV[..2].iter().find(|v| std::env::var_os(v).is_some()) {
         bail!("--nproc: {var} is already set: start the ranks either with --nproc or with a launcher's environment");
     }
-    if nproc > 1 && device != DeviceArg::Cuda {
-        bail!("--nproc {nproc}: data-parallel training runs one process per GPU: add --device cuda");
-    }
-    if nproc > 1 && !cfg!(feature = "nccl") {
+    if nproc > 1 && device == DeviceArg::Cuda && !cfg!(feature = "nccl") {
         bail!("--nproc {nproc}: data-parallel training needs NCCL, and this nmt was built without it (rebuild with `--features nccl`)");
     }
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -31,7 +30,13 @@ pub fn run(nproc: usize, device: DeviceArg) -> Result<()> {
         .context("--nproc: cannot find a free port for the rendezvous")?
         .port();
     let exe = std::env::current_exe().context("--nproc: cannot find the nmt executable")?;
-    let args = without_nproc(std::env::args_os().skip(1));
+    let mut args = without_nproc(std::env::args_os().skip(1));
+    if device == DeviceArg::Cpu
+        && !args.iter().any(|a| a == "--threads" || a.to_string_lossy().starts_with("--threads="))
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        args.extend(["--threads".into(), (cores / nproc).max(1).to_string().into()]);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {

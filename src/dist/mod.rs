@@ -10,8 +10,9 @@
 //!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`). `nmt train --nproc N` sets it for N processes
 //!   on one machine; a cluster launcher (torchrun, Slurm, mpirun with a wrapper) sets it across machines.
 //! - [`Collective`]: the one primitive, an element-wise sum over all processes. [`Solo`] is the world of 1
-//!   (any device); `nccl::Nccl` runs NCCL's all-reduce on CUDA. A broadcast from rank 0 is a sum to which
-//!   every other process gives zeros ([`share_tensor`], [`share_bytes`]).
+//!   (any device); `nccl::Nccl` runs NCCL's all-reduce on CUDA; [`tcp::TcpGroup`] sums CPU tensors through
+//!   rank 0 over TCP (a few CPU processes, and the end-to-end tests). A broadcast from rank 0 is a sum to
+//!   which every other process gives zeros ([`share_tensor`], [`share_bytes`]).
 //! - [`shard`]: a process's share of a batch.
 //! - [`all_reduce_update`]: the per-process gradients (each the mean over its own target tokens) become the
 //!   gradient of the whole update, the mean over all its target tokens: the gradient one process would
@@ -22,6 +23,7 @@
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod rendezvous;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +47,9 @@ pub struct World {
     /// Where rank 0 serves the rendezvous: `MASTER_ADDR` and `MASTER_PORT` (needed when `size` > 1).
     pub master: Option<(String, u16)>,
 }
+
+/// How long the rendezvous waits for every process (a cluster may start them minutes apart).
+pub const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The environment variables of the contract, in the order the docs list them.
 pub const ENV: [&str; 5] = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"];
@@ -125,19 +130,14 @@ impl Collective for Solo {
     }
 }
 
-/// The group for `world` on `device`: [`Solo`] for a world of 1 off CUDA; NCCL on CUDA (a world of 1
-/// included, so that the NCCL path can be checked on a machine with one GPU).
+/// The group for `world` on `device`: [`Solo`] for a world of 1 off CUDA, [`tcp::TcpGroup`] for more;
+/// NCCL on CUDA (a world of 1 included, so that the NCCL path can be checked on a machine with one GPU).
 pub fn join(world: &World, device: &Device) -> Result<Box<dyn Collective>> {
-    if world.size == 1 && !device.is_cuda() {
-        return Ok(Box::new(Solo));
+    match (device.is_cuda(), world.size) {
+        (false, 1) => Ok(Box::new(Solo)),
+        (false, _) => Ok(Box::new(tcp::TcpGroup::join(world)?)),
+        (true, _) => nccl_group(world, device),
     }
-    if !device.is_cuda() {
-        bail!(
-            "WORLD_SIZE={}: data-parallel training runs one process per GPU with NCCL: pass --device cuda",
-            world.size
-        );
-    }
-    nccl_group(world, device)
 }
 
 #[cfg(feature = "nccl")]

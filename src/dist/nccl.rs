@@ -5,15 +5,11 @@
 //! Joining: rank 0 makes NCCL's unique id and hands it to the other ranks through the [`rendezvous`]
 //! (`MASTER_ADDR:MASTER_PORT`); every rank then opens its communicator on `cuda:LOCAL_RANK`.
 
-use super::{rendezvous, Collective, World};
+use super::{rendezvous, Collective, World, RENDEZVOUS_TIMEOUT};
 use anyhow::{anyhow, Context, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
-use std::time::Duration;
-
-/// How long the rendezvous waits for every process (a cluster may start them minutes apart).
-const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Nccl {
     comm: Comm,
@@ -34,7 +30,7 @@ impl Nccl {
             }
             rank => {
                 let (addr, port) = world.master.as_ref().context("MASTER_ADDR and MASTER_PORT are not set")?;
-                let bytes = rendezvous::join(addr, *port, rank, world.size, RENDEZVOUS_TIMEOUT)?;
+                let (bytes, _) = rendezvous::join(addr, *port, rank, world.size, RENDEZVOUS_TIMEOUT)?;
                 Id::uninit(bytes.map(|b| b as std::ffi::c_char))
             }
         };

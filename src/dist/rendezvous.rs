@@ -1,5 +1,6 @@
 //! The rendezvous: rank 0 hands a secret (NCCL's 128-byte unique id) to every other process over TCP, at
-//! `MASTER_ADDR:MASTER_PORT`, as torchrun's static rendezvous does. Rank 0 listens on every interface at
+//! `MASTER_ADDR:MASTER_PORT`, as torchrun's static rendezvous does, and keeps one connection to each (the
+//! CPU's [`super::tcp::TcpGroup`] sums over them; NCCL needs only the id). Rank 0 listens on every interface at
 //! `MASTER_PORT` and answers each rank that connects; the others connect to `MASTER_ADDR`, retrying until
 //! rank 0 is up. Every connection says which rank it is and how large it believes the world to be, so
 //! that two processes started with different contracts are refused with an error that names them.
@@ -17,14 +18,15 @@ pub const ID_LEN: usize = 128;
 const MAGIC: &[u8; 8] = b"nmt-rdzv";
 
 /// Rank 0: serves `id` to the `size - 1` other ranks at `port`, each once; fails after `timeout` without
-/// all of them.
-pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Result<()> {
+/// all of them. Returns the connections to ranks 1, 2, ... in rank order.
+pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Result<Vec<TcpStream>> {
     let listener = TcpListener::bind(("0.0.0.0", port))
         .with_context(|| format!("rendezvous: rank 0 cannot listen on MASTER_PORT={port}"))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + timeout;
     let mut joined = vec![false; size];
     joined[0] = true;
+    let mut streams: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
     while joined.iter().any(|&j| !j) {
         let (mut stream, peer) = match listener.accept() {
             Ok(s) => s,
@@ -59,12 +61,14 @@ pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Re
         }
         stream.write_all(id).with_context(|| format!("rendezvous: answering rank {rank} at {peer}"))?;
         joined[rank] = true;
+        streams[rank] = Some(stream);
     }
-    Ok(())
+    Ok(streams.into_iter().skip(1).flatten().collect())
 }
 
-/// Rank `rank` > 0: gets the secret from rank 0 at `addr:port`, retrying the connection until `timeout`.
-pub fn join(addr: &str, port: u16, rank: usize, size: usize, timeout: Duration) -> Result<[u8; ID_LEN]> {
+/// Rank `rank` > 0: gets the secret from rank 0 at `addr:port`, retrying the connection until `timeout`;
+/// returns it with the connection to rank 0.
+pub fn join(addr: &str, port: u16, rank: usize, size: usize, timeout: Duration) -> Result<([u8; ID_LEN], TcpStream)> {
     let deadline = Instant::now() + timeout;
     let mut stream = loop {
         let error = match (addr, port).to_socket_addrs() {
@@ -96,7 +100,7 @@ pub fn join(addr: &str, port: u16, rank: usize, size: usize, timeout: Duration) 
     stream.read_exact(&mut id).with_context(|| {
         format!("rendezvous: rank 0 at {addr}:{port} refused rank {rank} or closed the connection (see its error)")
     })?;
-    Ok(id)
+    Ok((id, stream))
 }
 
 #[cfg(test)]
@@ -120,9 +124,10 @@ mod tests {
             .map(|rank| std::thread::spawn(move || join("127.0.0.1", port, rank, size, Duration::from_secs(20))))
             .collect();
         std::thread::sleep(Duration::from_millis(200));
-        serve(port, size, &id, Duration::from_secs(20)).unwrap();
+        let streams = serve(port, size, &id, Duration::from_secs(20)).unwrap();
+        assert_eq!(streams.len(), size - 1);
         for t in others {
-            assert_eq!(t.join().unwrap().unwrap(), id);
+            assert_eq!(t.join().unwrap().unwrap().0, id);
         }
     }
 
