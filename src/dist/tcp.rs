@@ -13,7 +13,7 @@ use super::{rendezvous, Collective, World, RENDEZVOUS_TIMEOUT};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::cell::RefCell;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 
 pub struct TcpGroup {
@@ -42,12 +42,12 @@ impl TcpGroup {
     fn sum(&self, x: &Tensor) -> Result<Tensor> {
         let shape = x.shape().clone();
         let x = x.flatten_all()?;
-        let mine = Message::of(&x)?;
+        let (dtype, len) = (x.dtype(), x.elem_count());
         if self.rank != 0 {
             let mut stream = self.peers[0].borrow_mut();
-            mine.write(&mut stream).context("sending to rank 0")?;
+            Message::of(&x)?.write(&mut stream).context("sending to rank 0")?;
             let sum = Message::read(&mut stream).context("receiving the sum from rank 0 (did it fail?)")?;
-            sum.check(&mine, 0)?;
+            sum.check(dtype, len, 0)?;
             return Ok(sum.tensor(x.device())?.reshape(&shape)?);
         }
         let mut acc = x.clone();
@@ -56,7 +56,7 @@ impl TcpGroup {
             let mut stream = peer.borrow_mut();
             let theirs =
                 Message::read(&mut stream).with_context(|| format!("receiving from rank {rank} (did it fail?)"))?;
-            theirs.check(&mine, rank)?;
+            theirs.check(dtype, len, rank)?;
             acc = (acc + theirs.tensor(x.device())?)?;
         }
         let sum = Message::of(&acc)?;
@@ -80,11 +80,12 @@ impl Collective for TcpGroup {
     }
 }
 
-/// One tensor on the wire: dtype, element count, then the little-endian elements.
-struct Message {
-    dtype: DType,
-    len: usize,
-    bytes: Vec<u8>,
+/// One tensor on the wire: a dtype code, the element count, then the elements as they lie in memory
+/// (every machine nmt runs on is little-endian; the ranks must agree on it).
+enum Message {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    U8(Vec<u8>),
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F64, DType::U8];
@@ -92,64 +93,87 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F64, DType::U8];
 impl Message {
     fn of(x: &Tensor) -> Result<Self> {
         let x = x.flatten_all()?;
-        let bytes = match x.dtype() {
-            DType::F32 => x.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F64 => x.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::U8 => x.to_vec1::<u8>()?,
+        Ok(match x.dtype() {
+            DType::F32 => Self::F32(x.to_vec1()?),
+            DType::F64 => Self::F64(x.to_vec1()?),
+            DType::U8 => Self::U8(x.to_vec1()?),
             dtype => anyhow::bail!("dtype {dtype:?} cannot be summed over TCP"),
-        };
-        Ok(Self { dtype: x.dtype(), len: x.elem_count(), bytes })
+        })
     }
 
-    fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
-        match self.dtype {
-            DType::F32 => {
-                let v: Vec<f32> =
-                    self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                Tensor::from_vec(v, self.len, device)
-            }
-            DType::F64 => {
-                let v: Vec<f64> =
-                    self.bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
-                Tensor::from_vec(v, self.len, device)
-            }
-            _ => Tensor::from_slice(&self.bytes, self.len, device),
+    fn dtype_and_len(&self) -> (DType, usize) {
+        match self {
+            Self::F32(v) => (DType::F32, v.len()),
+            Self::F64(v) => (DType::F64, v.len()),
+            Self::U8(v) => (DType::U8, v.len()),
         }
     }
 
-    /// Both ranks are at the same sum: the same dtype and element count.
-    fn check(&self, mine: &Message, rank: usize) -> Result<()> {
-        if (self.dtype, self.len) != (mine.dtype, mine.len) {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::F32(v) => bytemuck::cast_slice(v),
+            Self::F64(v) => bytemuck::cast_slice(v),
+            Self::U8(v) => v,
+        }
+    }
+
+    fn tensor(self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::F32(v) => {
+                let n = v.len();
+                Tensor::from_vec(v, n, device)
+            }
+            Self::F64(v) => {
+                let n = v.len();
+                Tensor::from_vec(v, n, device)
+            }
+            Self::U8(v) => {
+                let n = v.len();
+                Tensor::from_vec(v, n, device)
+            }
+        }
+    }
+
+    /// The other rank is at the same sum as this one: the same dtype and element count.
+    fn check(&self, dtype: DType, len: usize, rank: usize) -> Result<()> {
+        let (theirs, n) = self.dtype_and_len();
+        if (theirs, n) != (dtype, len) {
             anyhow::bail!(
-                "rank {rank} is out of step: it has {} {:?} elements where this rank has {} {:?}",
-                self.len,
-                self.dtype,
-                mine.len,
-                mine.dtype
+                "rank {rank} is out of step: it has {n} {theirs:?} elements where this rank has {len} {dtype:?}"
             );
         }
         Ok(())
     }
 
     fn write(&self, stream: &mut TcpStream) -> Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, stream);
-        let code = DTYPES.iter().position(|&d| d == self.dtype).unwrap_or(0) as u8;
-        w.write_all(&[code])?;
-        w.write_all(&(self.len as u64).to_le_bytes())?;
-        w.write_all(&self.bytes)?;
-        w.flush()?;
+        let (dtype, len) = self.dtype_and_len();
+        let code = DTYPES.iter().position(|&d| d == dtype).unwrap_or(0) as u8;
+        let mut head = [0u8; 9];
+        head[0] = code;
+        head[1..].copy_from_slice(&(len as u64).to_le_bytes());
+        stream.write_all(&head)?;
+        stream.write_all(self.bytes())?;
+        stream.flush()?;
         Ok(())
     }
 
     fn read(stream: &mut TcpStream) -> Result<Self> {
-        let mut r = BufReader::with_capacity(1 << 20, stream);
         let mut head = [0u8; 9];
-        r.read_exact(&mut head)?;
+        stream.read_exact(&mut head)?;
         let dtype = *DTYPES.get(head[0] as usize).context("an unknown dtype code")?;
         let len = u64::from_le_bytes(head[1..9].try_into()?) as usize;
-        let mut bytes = vec![0u8; len * dtype.size_in_bytes()];
-        r.read_exact(&mut bytes)?;
-        Ok(Self { dtype, len, bytes })
+        let mut out = match dtype {
+            DType::F32 => Self::F32(vec![0.0; len]),
+            DType::F64 => Self::F64(vec![0.0; len]),
+            _ => Self::U8(vec![0; len]),
+        };
+        let bytes: &mut [u8] = match &mut out {
+            Self::F32(v) => bytemuck::cast_slice_mut(v),
+            Self::F64(v) => bytemuck::cast_slice_mut(v),
+            Self::U8(v) => v,
+        };
+        stream.read_exact(bytes)?;
+        Ok(out)
     }
 }
 
