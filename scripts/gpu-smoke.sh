@@ -125,10 +125,14 @@ for kind in ["greedy", "beam"]:
     failed |= n < 0.9 * total
 for d in ["gpu", "cpu"]:
     print(f"eval of the GPU-trained model on {d.upper()}:", " | ".join(open(f"{w}/eval-{d}.txt").read().split("\n")))
-def last_valid(run):
+def last_loss(run):
+    """(step, loss, which): the last validation's loss, or the last logged training loss without one"""
     lines = [json.loads(l) for l in open(f"{w}/{run}/metrics.jsonl")]
     valid = [l for l in lines if l.get("kind") == "valid"]
-    return (valid[-1]["step"], valid[-1]["valid_loss"]) if valid else (None, float("nan"))
+    if valid:
+        return valid[-1]["step"], valid[-1]["valid_loss"], "valid loss"
+    train = [l for l in lines if l.get("kind") == "train"]
+    return (train[-1]["step"], train[-1]["loss"], "training loss") if train else (None, float("nan"), "no loss")
 def walk(a, b, path="$"):
     """(largest relative difference of the numbers, paths whose text or structure differs)"""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -147,10 +151,10 @@ def walk(a, b, path="$"):
 diff, differ = walk(json.load(open(f"{w}/explain-gpu.json")), json.load(open(f"{w}/explain-cpu.json")))
 print(f"nmt explain, GPU vs CPU: largest relative difference {diff:.1e}; text that differs at {differ[:5] or 'no path'}")
 failed |= diff > 1e-2 or len(differ) > 0
-base_step, base_loss = last_valid("gpu")
+base_step, base_loss, which = last_loss("gpu")
 for run in dp_runs:
-    step_, loss = last_valid(run)
-    print(f"data-parallel {run}: {speed(run):,.0f} target tokens/s; valid loss {loss:.3f} at step {step_} "
+    step_, loss, _ = last_loss(run)
+    print(f"data-parallel {run}: {speed(run):,.0f} target tokens/s; {which} {loss:.3f} at step {step_} "
           f"(one GPU without NCCL: {base_loss:.3f} at step {base_step})")
     # The same batches and the same gradient: only dropout masks (several ranks) and float order differ.
     if step_ != base_step or not abs(loss - base_loss) <= 0.05 * base_loss:
