@@ -88,6 +88,7 @@ fn two_processes_train_like_one_on_the_same_batches() {
     d.nmt(&["train", "--config", "nodrop.json", "--out", "one", "--threads", "1"], None).ok();
     let out = d.nmt(&["train", "--config", "nodrop.json", "--out", "two", "--nproc", "2"], None).ok();
     assert!(out.stderr.contains("starting 2 training process"), "{}", out.stderr);
+    assert!(out.stderr.contains("data-parallel: 2 processes"), "{}", out.stderr);
     // Only rank 0 logs: one summary line.
     assert_eq!(out.stderr.matches("done: 6 steps").count(), 1, "{}", out.stderr);
     let (one, two) = (losses(&d, "one"), losses(&d, "two"));

@@ -122,6 +122,9 @@ fn train(args: &TrainArgs, world: Option<World>) -> Result<()> {
         state = dist::share_run_state(g.as_ref(), &device, &mut adam, state)?;
     }
     report_model(&store, &cfg);
+    if let Some(g) = group.as_ref().filter(|g| g.size() > 1) {
+        crate::log!("data-parallel: {} processes, each computing its share of every batch", g.size());
+    }
     let started = Instant::now();
     let mut trainer = Trainer {
         cfg: &cfg,
