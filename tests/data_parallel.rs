@@ -9,6 +9,7 @@
 
 mod common;
 use common::Dir;
+use std::process::Stdio;
 
 fn trained(d: &Dir) {
     d.demo("train", 300);
@@ -97,21 +98,93 @@ fn two_processes_train_like_one_on_the_same_batches() {
         assert_eq!(s1, s2);
         assert!((l1 - l2).abs() <= 1e-4 * l1.abs(), "step {s1}: loss {l1} alone, {l2} on two processes");
     }
-    let (a, b) = (
-        weights(&d, "one/checkpoints/ckpt-00000006.safetensors"),
-        weights(&d, "two/checkpoints/ckpt-00000006.safetensors"),
-    );
+    same_weights(&d, "one/checkpoints/ckpt-00000006.safetensors", "two/checkpoints/ckpt-00000006.safetensors");
+}
+
+/// A resumed run's weights, Adam moments and position reach rank 1 from rank 0's checkpoint: two
+/// processes continue it as one process does.
+#[test]
+fn two_processes_resume_as_one_process_does() {
+    let d = Dir::new();
+    trained(&d);
+    without_dropout(&d, 4, &[]);
+    d.nmt(&["train", "--config", "nodrop.json", "--out", "alone", "--threads", "1"], None).ok();
+    for file in walk(&d.path("alone")) {
+        let to = d.path("together").join(file.strip_prefix(d.path("alone")).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, to).unwrap();
+    }
+    let more = ["--resume", "--max-steps", "8"];
+    d.nmt(&[&["train", "--out", "alone", "--threads", "1"][..], &more].concat(), None).ok();
+    let out = d.nmt(&[&["train", "--out", "together", "--nproc", "2"][..], &more].concat(), None).ok();
+    assert!(out.stderr.contains("resuming from step 4"), "{}", out.stderr);
+    let (alone, together) = (losses(&d, "alone"), losses(&d, "together"));
+    assert_eq!(alone.len(), together.len());
+    for ((s1, l1), (s2, l2)) in alone.iter().zip(&together) {
+        assert_eq!(s1, s2);
+        assert!((l1 - l2).abs() <= 1e-4 * l1.abs(), "step {s1}: loss {l1} alone, {l2} on two processes");
+    }
+    same_weights(&d, "alone/checkpoints/ckpt-00000008.safetensors", "together/checkpoints/ckpt-00000008.safetensors");
+}
+
+/// The files under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The same weights within 1e-5, but for the key projection's bias: it adds the same q · b_K to every score
+/// of a query, which the softmax cancels, so its exact gradient is zero and it holds only rounding noise,
+/// which Adam scales up to steps of the full learning rate, different in each summation order.
+fn same_weights(d: &Dir, a: &str, b: &str) {
+    let (a, b) = (weights(d, a), weights(d, b));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        // The key projection's bias adds the same q · b_K to every score of a query, which the softmax
-        // cancels: its exact gradient is zero, so it holds only rounding noise, which Adam scales up to
-        // steps of the full learning rate, different in each summation order. Every other weight must agree.
         if name.ends_with("w_k.bias") {
             continue;
         }
         let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-5, "{name}: weights differ by {diff} between one and two processes");
     }
+}
+
+/// Ranks started by hand (the environment contract), each in its own directory: a rank 0 that fails tells
+/// rank 1 why, and a rank 1 whose files differ from rank 0's fails both, with nothing left waiting.
+#[test]
+fn a_failing_rank_fails_every_rank_with_its_reason() {
+    let (a, b) = (Dir::new(), Dir::new());
+    trained(&a);
+    b.demo("train", 200); // other files at the same paths
+    let pair = |a_args: &[&str]| {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port().to_string();
+        let start = |d: &Dir, rank: &str, args: &[&str]| {
+            let mut cmd = d.command(args);
+            cmd.env("RANK", rank).env("WORLD_SIZE", "2").env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.spawn().unwrap()
+        };
+        let r0 = start(&a, "0", a_args);
+        let r1 = start(&b, "1", &["train", "--out", "run"]);
+        let text = |c: std::process::Child| {
+            let out = c.wait_with_output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        (text(r0), text(r1))
+    };
+    let ((c0, e0), (c1, e1)) = pair(&["train", "--config", "tiny.json", "--out", "run", "--train-src", "missing.en"]);
+    assert!(c0 != Some(0) && e0.contains("missing.en"), "{e0}");
+    assert!(c1 != Some(0) && e1.contains("rank 1 of 2: rank 0 failed") && e1.contains("missing.en"), "{e1}");
+    let ((c0, e0), (c1, e1)) = pair(&["train", "--config", "tiny.json", "--out", "run"]);
+    assert!(c1 != Some(0) && e1.contains("the training data differs from rank 0's (200 pairs here, 300 there"), "{e1}");
+    assert!(c0 != Some(0) && e0.contains("rank 0 of 2: 1 other process(es) failed while setting up"), "{e0}");
 }
 
 #[test]

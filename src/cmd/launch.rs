@@ -45,7 +45,18 @@ pub fn run(nproc: usize, device: DeviceArg) -> Result<()> {
     crate::log!("starting {nproc} training process(es), ranks 0 to {}; rendezvous at 127.0.0.1:{port}", nproc - 1);
     let mut ranks: Vec<Child> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the child when this
+        // process dies, so that a killed launcher leaves no rank training on its own.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -80,7 +91,14 @@ fn wait_all(ranks: &mut [Child], stop: &AtomicBool) -> Result<()> {
             if done[rank] {
                 continue;
             }
-            if let Some(status) = ranks[rank].try_wait()? {
+            let exited = match ranks[rank].try_wait() {
+                Ok(exited) => exited,
+                Err(e) => {
+                    stop_all(ranks);
+                    return Err(e).with_context(|| format!("waiting for rank {rank}"));
+                }
+            };
+            if let Some(status) = exited {
                 done[rank] = true;
                 if !status.success() {
                     stop_all(ranks);

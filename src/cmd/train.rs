@@ -102,12 +102,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// the config, the tokenizer, the weights and the training state to the other ranks.
 fn train(args: &TrainArgs, world: Option<World>) -> Result<()> {
     let clock = Instant::now(); // the time budget counts the whole command: reading, BPE, checkpoints
+                                // A rank catches Ctrl-C and SIGTERM from the start, so that a signal during the setup stops every rank
+                                // together at their first update instead of killing one of them.
+    let early_interrupt = world.as_ref().map(|_| interrupt_flag());
     let run = RunDir::new(out_dir(args));
     let device = super::device_at(&args.device, world.as_ref().map_or(0, |w| w.local_rank))?;
     let group = world.as_ref().map(|w| dist::join(w, &device)).transpose()?;
     let setup = match &group {
         Some(g) if g.size() > 1 => {
-            let mine = (g.rank() == 0).then(|| lead(args, &run, &device)).transpose()?;
+            let mine = (g.rank() == 0).then(|| lead(args, &run, &device));
             share_setup(g.as_ref(), &device, mine)?
         }
         _ => lead(args, &run, &device)?,
@@ -137,7 +140,7 @@ fn train(args: &TrainArgs, world: Option<World>) -> Result<()> {
         state,
         train: data.train,
         valid: data.valid,
-        interrupt: interrupt_flag(),
+        interrupt: early_interrupt.unwrap_or_else(interrupt_flag),
         clock,
         group,
     };
@@ -179,47 +182,62 @@ fn lead(args: &TrainArgs, run: &RunDir, device: &Device) -> Result<Setup> {
     Ok(Setup { cfg, data, resume_step })
 }
 
-/// What rank 0 tells the other ranks before training: its config and the size of its corpus (which every
-/// rank reads from its own copy of the files).
+/// What rank 0 tells the other ranks before training: its config and a digest of its tokenized corpus
+/// (every rank reads its own copy of the files), or that it failed.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Handshake {
-    config: Config,
-    pairs: usize,
-    tokens: usize,
+enum Handshake {
+    Ready { config: Box<Config>, pairs: usize, digest: u64 },
+    Failed(String),
+}
+
+/// The token ids of every example, hashed: ranks that read different files disagree on it.
+fn digest(train: &[Example]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new(); // fixed keys: the same in every process of one binary
+    for e in train {
+        (&e.src, &e.tgt).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// A data-parallel run's setup on every rank: rank 0's (`mine`) as it is; on the others, rank 0's config and
 /// tokenizer, and their own copy of the corpus tokenized with it (checked to be the same as rank 0's). The
-/// other ranks neither validate nor touch the run directory.
-fn share_setup(group: &dyn Collective, device: &Device, mine: Option<Setup>) -> Result<Setup> {
-    let tokens = |train: &[Example]| train.iter().map(|e| e.src.len() + e.tgt.len()).sum::<usize>();
-    let hello = match &mine {
-        Some(s) => {
-            let h = Handshake { config: s.cfg.clone(), pairs: s.data.train.len(), tokens: tokens(&s.data.train) };
-            Some(serde_json::to_vec(&h)?)
-        }
-        None => None,
-    };
+/// other ranks neither validate nor touch the run directory. A failure on any rank fails them all.
+fn share_setup(group: &dyn Collective, device: &Device, mine: Option<Result<Setup>>) -> Result<Setup> {
+    let hello = mine.as_ref().map(|m| match m {
+        Ok(s) => Handshake::Ready {
+            config: Box::new(s.cfg.clone()),
+            pairs: s.data.train.len(),
+            digest: digest(&s.data.train),
+        },
+        Err(e) => Handshake::Failed(format!("{e:#}")),
+    });
+    let hello = hello.map(|h| serde_json::to_vec(&h)).transpose()?;
     let hello = dist::share_bytes(group, device, hello.as_deref(), "config")?;
+    let mine = mine.transpose()?; // rank 0 stops here on its own error, after telling the others
+    let (config, pairs, expected) = match serde_json::from_slice(&hello).context("reading rank 0's config")? {
+        Handshake::Ready { config, pairs, digest } => (*config, pairs, digest),
+        Handshake::Failed(error) => bail!("rank 0 failed: {error}"),
+    };
     let tokenizer = mine.as_ref().map(|s| s.data.tokenizer.to_json()).transpose()?;
     let tokenizer = dist::share_bytes(group, device, tokenizer.as_ref().map(|t| t.as_bytes()), "tokenizer")?;
     if let Some(setup) = mine {
-        return Ok(setup);
+        return dist::all_ok(group, device, Ok(setup));
     }
-    let hello: Handshake = serde_json::from_slice(&hello).context("reading rank 0's config")?;
-    let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer))?;
-    crate::ops::cpu::set_threads(hello.config.train.threads)?;
-    let data = load_data(&hello.config, Vocabulary::Given(Box::new(tokenizer)), false)?;
-    let (pairs, n) = (data.train.len(), tokens(&data.train));
-    if (pairs, n) != (hello.pairs, hello.tokens) {
-        bail!(
-            "the training data differs from rank 0's ({pairs} pairs and {n} tokens here, {} and {} there): every \
-             process must read the same files",
-            hello.pairs,
-            hello.tokens
-        );
-    }
-    Ok(Setup { cfg: hello.config, data, resume_step: None })
+    let follow = || -> Result<Setup> {
+        let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer))?;
+        crate::ops::cpu::set_threads(config.train.threads)?;
+        let data = load_data(&config, Vocabulary::Given(Box::new(tokenizer)), false)?;
+        if (data.train.len(), digest(&data.train)) != (pairs, expected) {
+            bail!(
+                "the training data differs from rank 0's ({} pairs here, {pairs} there, or other tokens): every \
+                 process must read the same files",
+                data.train.len()
+            );
+        }
+        Ok(Setup { cfg: config.clone(), data, resume_step: None })
+    };
+    dist::all_ok(group, device, follow())
 }
 
 /// `--out`, or runs/<config file stem>.

@@ -204,24 +204,27 @@ pub fn all_reduce_update(group: &dyn Collective, params: &[(String, Var)], g: &m
     let stats = group.all_reduce_sum(&Tensor::from_vec(stats, n, device)?)?.to_vec1::<f64>()?;
     let total_tokens = stats[2];
     let weight = g.tokens as f64 / total_tokens.max(1.0);
-    let flat = params
-        .iter()
-        .zip(&g.grads)
-        .map(|((_, var), grad)| match grad {
-            Some(t) => t.flatten_all(),
-            None => Tensor::zeros(var.elem_count(), var.dtype(), device),
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let flat = Tensor::cat(&flat, 0)?;
-    let flat = if weight == 1.0 { flat } else { (flat * weight)? };
+    // The gradients are consumed as they are weighted, so that at most two copies exist at once (on a GPU,
+    // the gradients' memory is the model's again).
+    let mut pieces = Vec::with_capacity(params.len());
+    for ((_, var), grad) in params.iter().zip(std::mem::take(&mut g.grads)) {
+        pieces.push(match grad {
+            Some(t) if weight == 1.0 => t.flatten_all()?,
+            Some(t) => (t * weight)?.flatten_all()?,
+            None => Tensor::zeros(var.elem_count(), var.dtype(), device)?,
+        });
+    }
+    let flat = Tensor::cat(&pieces, 0)?;
+    drop(pieces);
     let summed = group.all_reduce_sum(&flat)?;
+    drop(flat);
     let mut offset = 0;
-    for (i, ((_, var), slot)) in params.iter().zip(g.grads.iter_mut()).enumerate() {
+    for (i, (_, var)) in params.iter().enumerate() {
         let len = var.elem_count();
-        *slot = match stats[4 + i] > 0.0 {
+        g.grads.push(match stats[4 + i] > 0.0 {
             true => Some(summed.narrow(0, offset, len)?.reshape(var.shape())?),
             false => None,
-        };
+        });
         offset += len;
     }
     g.loss_sum = stats[0];
@@ -229,6 +232,18 @@ pub fn all_reduce_update(group: &dyn Collective, params: &[(String, Var)], g: &m
     g.tokens = total_tokens as usize;
     g.src_tokens = stats[3] as usize;
     Ok(())
+}
+
+/// `local` on this process, unless another process's failed: then an error that says so (its own error
+/// is on its own stderr). Every process calls it at the same point, so that none is left waiting for a
+/// process that gave up.
+pub fn all_ok<T>(group: &dyn Collective, device: &Device, local: Result<T>) -> Result<T> {
+    let failed = if local.is_err() { 1.0 } else { 0.0 };
+    let failed = group.all_reduce_sum(&Tensor::new(&[failed], device)?)?.to_vec1::<f64>()?[0];
+    match local {
+        Ok(_) if failed > 0.0 => bail!("{failed} other process(es) failed while setting up (see their errors)"),
+        local => local,
+    }
 }
 
 /// Rank 0's `x` on every process (every process passes a tensor of the same shape and dtype).

@@ -22,9 +22,9 @@ impl Nccl {
         let id = match world.rank {
             0 => {
                 let id = Id::new().map_err(|e| anyhow!("NCCL cannot make a unique id: {e:?}"))?;
-                if let Some((_, port)) = &world.master {
+                if let Some((addr, port)) = &world.master {
                     let bytes = id.internal().map(|c| c as u8);
-                    rendezvous::serve(*port, world.size, &bytes, RENDEZVOUS_TIMEOUT)?;
+                    rendezvous::serve(addr, *port, world.size, &bytes, RENDEZVOUS_TIMEOUT)?;
                 }
                 id
             }

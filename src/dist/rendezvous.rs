@@ -1,9 +1,12 @@
 //! The rendezvous: rank 0 hands a secret (NCCL's 128-byte unique id) to every other process over TCP, at
 //! `MASTER_ADDR:MASTER_PORT`, as torchrun's static rendezvous does, and keeps one connection to each (the
-//! CPU's [`super::tcp::TcpGroup`] sums over them; NCCL needs only the id). Rank 0 listens on every interface at
-//! `MASTER_PORT` and answers each rank that connects; the others connect to `MASTER_ADDR`, retrying until
-//! rank 0 is up. Every connection says which rank it is and how large it believes the world to be, so
-//! that two processes started with different contracts are refused with an error that names them.
+//! CPU's [`super::tcp::TcpGroup`] sums over them; NCCL needs only the id).
+//!
+//! Rank 0 listens at `MASTER_PORT`: on the loopback interface when `MASTER_ADDR` is this machine's loopback
+//! (`--nproc`), on every interface otherwise. The others connect to `MASTER_ADDR` (each address it resolves
+//! to, IPv6 and IPv4), retrying until rank 0 is up. Every connection says which rank it is and how large it
+//! believes the world to be, so that two processes started with different contracts are refused with an
+//! error that names them; a connection that is not an nmt rank (a port scanner) is dropped.
 //!
 //! Written here because it is a hundred lines of `std::net` that NCCL leaves to its caller (NCCL only
 //! makes the id); it runs on the CPU and is tested there with several threads on one machine.
@@ -17,11 +20,22 @@ use std::time::{Duration, Instant};
 pub const ID_LEN: usize = 128;
 const MAGIC: &[u8; 8] = b"nmt-rdzv";
 
+/// Where rank 0 listens for `MASTER_ADDR` = `addr`: its loopback address when `addr` is one (or
+/// `localhost`), every interface otherwise (IPv6 and IPv4 where the system allows both).
+fn listen(addr: &str, port: u16) -> std::io::Result<TcpListener> {
+    let loopback =
+        addr == "localhost" || (addr, port).to_socket_addrs().is_ok_and(|mut a| a.all(|a| a.ip().is_loopback()));
+    match loopback {
+        true => TcpListener::bind(("127.0.0.1", port)),
+        false => TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port))),
+    }
+}
+
 /// Rank 0: serves `id` to the `size - 1` other ranks at `port`, each once; fails after `timeout` without
 /// all of them. Returns the connections to ranks 1, 2, ... in rank order.
-pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Result<Vec<TcpStream>> {
-    let listener = TcpListener::bind(("0.0.0.0", port))
-        .with_context(|| format!("rendezvous: rank 0 cannot listen on MASTER_PORT={port}"))?;
+pub fn serve(addr: &str, port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Result<Vec<TcpStream>> {
+    let listener =
+        listen(addr, port).with_context(|| format!("rendezvous: rank 0 cannot listen on MASTER_PORT={port}"))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + timeout;
     let mut joined = vec![false; size];
@@ -45,11 +59,10 @@ pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Re
             Err(e) => return Err(e).context("rendezvous: accepting a connection"),
         };
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut hello = [0u8; 24];
-        stream.read_exact(&mut hello).with_context(|| format!("rendezvous: reading from {peer}"))?;
-        if &hello[..8] != MAGIC {
-            bail!("rendezvous: {peer} connected to MASTER_PORT={port} but is not an nmt process");
+        if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
+            continue; // not an nmt rank: drop it and keep waiting
         }
         let rank = u64::from_le_bytes(hello[8..16].try_into().unwrap_or_default()) as usize;
         let their_size = u64::from_le_bytes(hello[16..24].try_into().unwrap_or_default()) as usize;
@@ -70,17 +83,19 @@ pub fn serve(port: u16, size: usize, id: &[u8; ID_LEN], timeout: Duration) -> Re
 /// returns it with the connection to rank 0.
 pub fn join(addr: &str, port: u16, rank: usize, size: usize, timeout: Duration) -> Result<([u8; ID_LEN], TcpStream)> {
     let deadline = Instant::now() + timeout;
-    let mut stream = loop {
-        let error = match (addr, port).to_socket_addrs() {
-            Ok(mut addrs) => match addrs.next() {
-                Some(a) => match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
-                    Ok(s) => break s,
-                    Err(e) => e.to_string(),
-                },
-                None => format!("MASTER_ADDR={addr} resolves to no address"),
-            },
-            Err(e) => format!("cannot resolve MASTER_ADDR={addr}: {e}"),
-        };
+    let mut stream = 'connected: loop {
+        let mut error = format!("MASTER_ADDR={addr} resolves to no address");
+        match (addr, port).to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                        Ok(s) => break 'connected s,
+                        Err(e) => error = format!("{a}: {e}"),
+                    }
+                }
+            }
+            Err(e) => error = format!("cannot resolve MASTER_ADDR={addr}: {e}"),
+        }
         if Instant::now() >= deadline {
             bail!(
                 "rendezvous: rank {rank} could not reach rank 0 at MASTER_ADDR={addr} MASTER_PORT={port} within {:.1} s \
@@ -119,13 +134,23 @@ mod tests {
             *b = (i * 7 + 3) as u8;
         }
         let size = 4;
-        // The others start first: they retry until rank 0 listens.
+        // The others start first: they retry until rank 0 listens. They name it "localhost", which may
+        // resolve to ::1 before 127.0.0.1, where rank 0 listens.
         let others: Vec<_> = (1..size)
-            .map(|rank| std::thread::spawn(move || join("127.0.0.1", port, rank, size, Duration::from_secs(20))))
+            .map(|rank| std::thread::spawn(move || join("localhost", port, rank, size, Duration::from_secs(20))))
             .collect();
+        // Something that is not an nmt rank connects too, and is dropped.
+        let stray = std::thread::spawn(move || loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        });
         std::thread::sleep(Duration::from_millis(200));
-        let streams = serve(port, size, &id, Duration::from_secs(20)).unwrap();
+        let streams = serve("localhost", port, size, &id, Duration::from_secs(20)).unwrap();
         assert_eq!(streams.len(), size - 1);
+        stray.join().unwrap();
         for t in others {
             assert_eq!(t.join().unwrap().unwrap().0, id);
         }
@@ -135,7 +160,7 @@ mod tests {
     fn a_different_world_size_is_refused_by_name() {
         let port = free_port();
         let other = std::thread::spawn(move || join("127.0.0.1", port, 1, 3, Duration::from_secs(20)));
-        let err = serve(port, 2, &[1; ID_LEN], Duration::from_secs(20)).unwrap_err().to_string();
+        let err = serve("127.0.0.1", port, 2, &[1; ID_LEN], Duration::from_secs(20)).unwrap_err().to_string();
         assert!(err.contains("rank 1") && err.contains("WORLD_SIZE=3") && err.contains("WORLD_SIZE=2"), "{err}");
         let err = other.join().unwrap().unwrap_err().to_string();
         assert!(err.contains("refused rank 1"), "{err}");
@@ -144,7 +169,7 @@ mod tests {
     #[test]
     fn missing_ranks_and_an_absent_rank_0_time_out_with_names() {
         let port = free_port();
-        let err = serve(port, 3, &[0; ID_LEN], Duration::from_millis(300)).unwrap_err().to_string();
+        let err = serve("127.0.0.1", port, 3, &[0; ID_LEN], Duration::from_millis(300)).unwrap_err().to_string();
         assert!(err.contains("rank(s) 1, 2") && err.contains(&format!("MASTER_PORT={port}")), "{err}");
         let err = join("127.0.0.1", free_port(), 2, 3, Duration::from_millis(300)).unwrap_err().to_string();
         assert!(err.contains("rank 2 could not reach rank 0") && err.contains("MASTER_ADDR=127.0.0.1"), "{err}");

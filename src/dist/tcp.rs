@@ -28,7 +28,7 @@ impl TcpGroup {
     pub fn join(world: &World) -> Result<Self> {
         let (addr, port) = world.master.as_ref().context("MASTER_ADDR and MASTER_PORT are not set")?;
         let peers = match world.rank {
-            0 => rendezvous::serve(*port, world.size, &[0; rendezvous::ID_LEN], RENDEZVOUS_TIMEOUT)?,
+            0 => rendezvous::serve(addr, *port, world.size, &[0; rendezvous::ID_LEN], RENDEZVOUS_TIMEOUT)?,
             rank => vec![rendezvous::join(addr, *port, rank, world.size, RENDEZVOUS_TIMEOUT)?.1],
         };
         for p in &peers {
@@ -46,8 +46,7 @@ impl TcpGroup {
         if self.rank != 0 {
             let mut stream = self.peers[0].borrow_mut();
             Message::of(&x)?.write(&mut stream).context("sending to rank 0")?;
-            let sum = Message::read(&mut stream).context("receiving the sum from rank 0 (did it fail?)")?;
-            sum.check(dtype, len, 0)?;
+            let sum = Message::read(&mut stream, dtype, len, 0).context("receiving the sum from rank 0")?;
             return Ok(sum.tensor(x.device())?.reshape(&shape)?);
         }
         let mut acc = x.clone();
@@ -55,8 +54,7 @@ impl TcpGroup {
             let rank = i + 1;
             let mut stream = peer.borrow_mut();
             let theirs =
-                Message::read(&mut stream).with_context(|| format!("receiving from rank {rank} (did it fail?)"))?;
-            theirs.check(dtype, len, rank)?;
+                Message::read(&mut stream, dtype, len, rank).with_context(|| format!("receiving from rank {rank}"))?;
             acc = (acc + theirs.tensor(x.device())?)?;
         }
         let sum = Message::of(&acc)?;
@@ -134,17 +132,6 @@ impl Message {
         }
     }
 
-    /// The other rank is at the same sum as this one: the same dtype and element count.
-    fn check(&self, dtype: DType, len: usize, rank: usize) -> Result<()> {
-        let (theirs, n) = self.dtype_and_len();
-        if (theirs, n) != (dtype, len) {
-            anyhow::bail!(
-                "rank {rank} is out of step: it has {n} {theirs:?} elements where this rank has {len} {dtype:?}"
-            );
-        }
-        Ok(())
-    }
-
     fn write(&self, stream: &mut TcpStream) -> Result<()> {
         let (dtype, len) = self.dtype_and_len();
         let code = DTYPES.iter().position(|&d| d == dtype).unwrap_or(0) as u8;
@@ -157,11 +144,20 @@ impl Message {
         Ok(())
     }
 
-    fn read(stream: &mut TcpStream) -> Result<Self> {
+    /// The next tensor from `rank`, which must be at the same sum as this one: `dtype`, `len` elements.
+    fn read(stream: &mut TcpStream, dtype: DType, len: usize, rank: usize) -> Result<Self> {
         let mut head = [0u8; 9];
-        stream.read_exact(&mut head)?;
-        let dtype = *DTYPES.get(head[0] as usize).context("an unknown dtype code")?;
-        let len = u64::from_le_bytes(head[1..9].try_into()?) as usize;
+        stream.read_exact(&mut head).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!("rank {rank} closed the connection (did it fail?)"),
+            _ => e.into(),
+        })?;
+        let theirs = DTYPES.get(head[0] as usize).copied();
+        let n = u64::from_le_bytes(head[1..9].try_into()?) as usize;
+        if (theirs, n) != (Some(dtype), len) {
+            anyhow::bail!(
+                "rank {rank} is out of step: it has {n} {theirs:?} elements where this rank has {len} {dtype:?}"
+            );
+        }
         let mut out = match dtype {
             DType::F32 => Self::F32(vec![0.0; len]),
             DType::F64 => Self::F64(vec![0.0; len]),
