@@ -92,12 +92,7 @@ fn two_processes_train_like_one_on_the_same_batches() {
     assert!(out.stderr.contains("data-parallel: 2 processes"), "{}", out.stderr);
     // Only rank 0 logs: one summary line.
     assert_eq!(out.stderr.matches("done: 6 steps").count(), 1, "{}", out.stderr);
-    let (one, two) = (losses(&d, "one"), losses(&d, "two"));
-    assert_eq!(one.len(), two.len(), "rank 0 alone writes metrics.jsonl");
-    for ((s1, l1), (s2, l2)) in one.iter().zip(&two) {
-        assert_eq!(s1, s2);
-        assert!((l1 - l2).abs() <= 1e-4 * l1.abs(), "step {s1}: loss {l1} alone, {l2} on two processes");
-    }
+    same_losses(&d, "one", "two");
     same_weights(&d, "one/checkpoints/ckpt-00000006.safetensors", "two/checkpoints/ckpt-00000006.safetensors");
 }
 
@@ -118,13 +113,18 @@ fn two_processes_resume_as_one_process_does() {
     d.nmt(&[&["train", "--out", "alone", "--threads", "1"][..], &more].concat(), None).ok();
     let out = d.nmt(&[&["train", "--out", "together", "--nproc", "2"][..], &more].concat(), None).ok();
     assert!(out.stderr.contains("resuming from step 4"), "{}", out.stderr);
-    let (alone, together) = (losses(&d, "alone"), losses(&d, "together"));
-    assert_eq!(alone.len(), together.len());
-    for ((s1, l1), (s2, l2)) in alone.iter().zip(&together) {
+    same_losses(&d, "alone", "together");
+    same_weights(&d, "alone/checkpoints/ckpt-00000008.safetensors", "together/checkpoints/ckpt-00000008.safetensors");
+}
+
+/// The same metrics lines (rank 0 alone writes them), with losses within 1e-4 relative.
+fn same_losses(d: &Dir, alone: &str, together: &str) {
+    let (one, two) = (losses(d, alone), losses(d, together));
+    assert_eq!(one.len(), two.len(), "{together}: not one metrics line per line of {alone}");
+    for ((s1, l1), (s2, l2)) in one.iter().zip(&two) {
         assert_eq!(s1, s2);
         assert!((l1 - l2).abs() <= 1e-4 * l1.abs(), "step {s1}: loss {l1} alone, {l2} on two processes");
     }
-    same_weights(&d, "alone/checkpoints/ckpt-00000008.safetensors", "together/checkpoints/ckpt-00000008.safetensors");
 }
 
 /// The files under `dir`, recursively.

@@ -42,20 +42,20 @@ impl TcpGroup {
     fn sum(&self, x: &Tensor) -> Result<Tensor> {
         let shape = x.shape().clone();
         let x = x.flatten_all()?;
-        let (dtype, len) = (x.dtype(), x.elem_count());
+        let (dtype, len, device) = (x.dtype(), x.elem_count(), x.device().clone());
         if self.rank != 0 {
             let mut stream = self.peers[0].borrow_mut();
             Message::of(&x)?.write(&mut stream).context("sending to rank 0")?;
             let sum = Message::read(&mut stream, dtype, len, 0).context("receiving the sum from rank 0")?;
-            return Ok(sum.tensor(x.device())?.reshape(&shape)?);
+            return Ok(sum.tensor(&device)?.reshape(&shape)?);
         }
-        let mut acc = x.clone();
+        let mut acc = x;
         for (i, peer) in self.peers.iter().enumerate() {
             let rank = i + 1;
             let mut stream = peer.borrow_mut();
             let theirs =
                 Message::read(&mut stream, dtype, len, rank).with_context(|| format!("receiving from rank {rank}"))?;
-            acc = (acc + theirs.tensor(x.device())?)?;
+            acc = (acc + theirs.tensor(&device)?)?;
         }
         let sum = Message::of(&acc)?;
         for (i, peer) in self.peers.iter().enumerate() {
@@ -89,8 +89,8 @@ enum Message {
 const DTYPES: [DType; 3] = [DType::F32, DType::F64, DType::U8];
 
 impl Message {
+    /// The elements of `x`, a 1-D tensor.
     fn of(x: &Tensor) -> Result<Self> {
-        let x = x.flatten_all()?;
         Ok(match x.dtype() {
             DType::F32 => Self::F32(x.to_vec1()?),
             DType::F64 => Self::F64(x.to_vec1()?),
